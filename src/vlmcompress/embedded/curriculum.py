@@ -1,0 +1,76 @@
+"""Training-only questions that teach the steps the evaluated yes/no and multiple-choice
+questions are built from.
+
+Measured on the first 10,500 steps of the recipe: retrieval answers (attribute, count,
+OCR) were learned in 3-4k steps, while existence, spatial yes/no and multiple choice sat
+at the majority answer.  A one-bit answer gives little signal for what it needs: find an
+object by a colour *and* a shape among 64 visual tokens (existence, spatial), compare two
+positions (spatial), map a colour to the letter in front of it (multiple choice).  Each
+question here trains one of those steps with an answer that carries more signal:
+
+- ``locate``: "what row is the red circle in ?" -> "2" (or "no" when absent), the
+  conjunctive search that existence and spatial questions need;
+- ``compare``: "is row 2 column 3 left of row 1 column 4 ?" with no image needed, the
+  comparison behind spatial questions;
+- ``pick_option``: "what is red ? a ) blue b ) red ..." -> "b", the option lookup behind
+  multiple choice, with no image needed.
+
+They are never evaluated (the suite's tasks are in ``synthetic.questions``) and use only
+the suite's vocabulary, so the tokenizer is unchanged.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Callable
+
+import numpy as np
+
+from ..synthetic.questions import OPTION_LETTERS, QA, RELATIONS
+from ..synthetic.scenes import COLORS, GRID, SHAPES, Scene
+
+
+def ask_locate(scene: Scene, rng: np.random.Generator) -> QA | None:
+    """Row or column of a uniquely named object; "no" for an absent one that shares a
+    colour or a shape with a present object (the hard negatives of existence)."""
+    axis = ("row", "column")[int(rng.integers(2))]
+    names = Counter(s.name for s in scene.shapes)
+    unique = [s for s in scene.shapes if names[s.name] == 1]
+    if unique and rng.random() < 0.75:
+        obj = unique[int(rng.integers(len(unique)))]
+        value = obj.row + 1 if axis == "row" else obj.col + 1
+        return QA(f"what {axis} is the {obj.name} in ?", str(value), {"axis": axis})
+    colors = {s.color for s in scene.shapes}
+    shapes = {s.shape for s in scene.shapes}
+    absent = [f"{c} {s}" for c in COLORS for s in SHAPES if f"{c} {s}" not in names and (c in colors or s in shapes)]
+    if not absent:
+        return None
+    return QA(f"what {axis} is the {absent[int(rng.integers(len(absent)))]} in ?", "no", {"axis": axis})
+
+
+def ask_compare(scene: Scene, rng: np.random.Generator) -> QA | None:
+    """Spatial relation between two written cells, yes or no (balanced)."""
+    (r1, c1), (r2, c2) = rng.integers(GRID, size=(2, 2))
+    truth = {"left of": c1 < c2, "right of": c1 > c2, "above": r1 < r2, "below": r1 > r2}
+    wanted = bool(rng.random() < 0.5)
+    pool = [rel for rel in RELATIONS if truth[rel] == wanted]
+    if not pool:
+        return None
+    relation = pool[int(rng.integers(len(pool)))]
+    answer = "yes" if wanted else "no"
+    return QA(f"is row {r1 + 1} column {c1 + 1} {relation} row {r2 + 1} column {c2 + 1} ?", answer, {})
+
+
+def ask_pick_option(scene: Scene, rng: np.random.Generator) -> QA | None:
+    """Letter of the option that names a given colour."""
+    options = [list(COLORS)[i] for i in rng.choice(len(COLORS), size=4, replace=False)]
+    target = options[int(rng.integers(4))]
+    listed = " ".join(f"{OPTION_LETTERS[i]} ) {opt}" for i, opt in enumerate(options))
+    return QA(f"what is {target} ? {listed}", OPTION_LETTERS[options.index(target)], {})
+
+
+AUX_ASKERS: dict[str, Callable[[Scene, np.random.Generator], QA | None]] = {
+    "locate": ask_locate,
+    "compare": ask_compare,
+    "pick_option": ask_pick_option,
+}

@@ -94,11 +94,16 @@ def test_refine_schedule_warms_up_from_the_decayed_rate_holds_then_decays():
     assert peak == cfg.refine_lr == language_lr(cfg, cfg.language_steps + cfg.refine_steps // 2 - 1)
     last = language_lr(cfg, cfg.language_steps + cfg.refine_steps - 1)
     assert last == pytest.approx(0.1 * cfg.refine_lr, rel=1e-3)
+    # the focus phase restarts the same shape from where refine ended
+    focus_start = cfg.language_steps + cfg.refine_steps
+    assert language_lr(cfg, focus_start) == pytest.approx(last, rel=0.05)
+    assert language_lr(cfg, focus_start + cfg.focus_steps // 2 - 1) == cfg.refine_lr
+    assert language_lr(cfg, focus_start + cfg.focus_steps - 1) == pytest.approx(0.1 * cfg.refine_lr, rel=1e-3)
 
 
 def test_resumed_training_ends_with_the_weights_of_an_uninterrupted_run(tmp_path, monkeypatch):
     cfg = TrainConfig(
-        vision_steps=2, vision_batch=4, language_steps=3, refine_steps=3, refine_warmup_steps=1, language_batch=2,
+        vision_steps=2, vision_batch=4, language_steps=3, refine_steps=2, focus_steps=2, refine_warmup_steps=1, language_batch=2,
         warmup_steps=1, late_from_step=1, eval_every=1000, checkpoint_every=2, decoder_hidden=32, decoder_layers=1, threads=1,
     )
     monkeypatch.setattr(training, "first_token_accuracy", lambda *a, **k: {})

@@ -9,8 +9,8 @@ from vlmcompress.models import EMBEDDED_PATH, load_model
 from vlmcompress.runner import RunConfig, run
 from vlmcompress.tasks import TASKS
 
-# the task types the shipped model has learned (see recipe.json: spatial, existence and
-# multiple choice are still near their majority answer)
+# task types the shipped model answers well (recipe.json) and whose answers a random
+# network cannot guess (yes/no and option letters have chance levels of 0.25-0.5)
 CHECK_TASKS = ["synth_attribute", "synth_count", "synth_ocr"]
 
 

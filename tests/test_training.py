@@ -134,3 +134,10 @@ def test_resumed_training_ends_with_the_weights_of_an_uninterrupted_run(tmp_path
     # (save_pretrained writes the checkpoint layout: language_model.model.* for model.language_model.*)
     saved, live = "language_model.model.layers.0.mlp.down_proj.weight", "model.language_model.layers.0.mlp.down_proj.weight"
     assert not torch.equal(whole[saved], at_step_4["model"][live].half())
+
+
+def test_a_bad_weight_spec_is_refused_before_any_training(tmp_path):
+    cfg = TrainConfig(focus_task_weights="spatial=3,mc=3")
+    with pytest.raises(ValueError, match=r"unknown task types in weights: \['mc'\]; known: .*multiple_choice"):
+        training.train(cfg, tmp_path / "work", tmp_path / "out")
+    assert not (tmp_path / "work").exists()

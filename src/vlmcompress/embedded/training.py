@@ -318,6 +318,10 @@ def language_parameters(model):
 
 
 def train(cfg: TrainConfig, work_dir: Path, export_dir: Path) -> None:
+    # a bad weight spec must fail now, not hours in when its phase starts
+    parse_weights(cfg.late_task_weights)
+    parse_weights(cfg.refine_task_weights, REFINE_TYPES)
+    parse_weights(cfg.focus_task_weights, REFINE_TYPES)
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     work_dir.mkdir(parents=True, exist_ok=True)

@@ -26,8 +26,8 @@ from typing import Callable
 
 import numpy as np
 
-from ..synthetic.questions import OPTION_LETTERS, QA, RELATIONS
-from ..synthetic.scenes import COLORS, GRID, SHAPES, Scene
+from ..synthetic.questions import OPTION_LETTERS, QA, RELATIONS, absent_objects
+from ..synthetic.scenes import COLORS, GRID, Scene
 
 
 def ask_locate(scene: Scene, rng: np.random.Generator) -> QA | None:
@@ -40,12 +40,11 @@ def ask_locate(scene: Scene, rng: np.random.Generator) -> QA | None:
         obj = unique[int(rng.integers(len(unique)))]
         value = obj.row + 1 if axis == "row" else obj.col + 1
         return QA(f"what {axis} is the {obj.name} in ?", str(value), {"axis": axis})
-    colors = {s.color for s in scene.shapes}
-    shapes = {s.shape for s in scene.shapes}
-    absent = [f"{c} {s}" for c in COLORS for s in SHAPES if f"{c} {s}" not in names and (c in colors or s in shapes)]
+    absent = absent_objects(scene, sharing_an_attribute=True)
     if not absent:
         return None
-    return QA(f"what {axis} is the {absent[int(rng.integers(len(absent)))]} in ?", "no", {"axis": axis})
+    color, shape = absent[int(rng.integers(len(absent)))]
+    return QA(f"what {axis} is the {color} {shape} in ?", "no", {"axis": axis})
 
 
 def ask_compare(scene: Scene, rng: np.random.Generator) -> QA | None:

@@ -92,6 +92,14 @@ class TrainConfig:
     threads: int = 2
     bf16_autocast: bool = True  # mixed precision: fp32 master weights, bf16 matmuls (2-3x faster on CPUs with AVX512-BF16)
 
+    @property
+    def focus_from_step(self) -> int:
+        return self.language_steps + self.refine_steps
+
+    @property
+    def total_steps(self) -> int:
+        return self.focus_from_step + self.focus_steps
+
 
 def pixels(images: list[np.ndarray]) -> torch.Tensor:
     """uint8 HWC images -> normalised CHW float tensor, as the processor computes it."""
@@ -225,7 +233,7 @@ def language_batch(tokenizer, cfg: TrainConfig, step: int, split: str = "train",
     types = TASK_TYPES
     if step >= cfg.language_steps:
         types = REFINE_TYPES
-        focus = step >= cfg.language_steps + cfg.refine_steps
+        focus = step >= cfg.focus_from_step
         weights = parse_weights(cfg.focus_task_weights if focus else cfg.refine_task_weights, REFINE_TYPES)
         n_turns, p_caption = cfg.refine_turns_per_image, cfg.refine_caption_probability
     elif step >= cfg.late_from_step:
@@ -287,8 +295,8 @@ def first_token_accuracy(model, tokenizer, cfg: TrainConfig, per_task: int = 64)
 
 
 def language_lr(cfg: TrainConfig, step: int) -> float:
-    if step >= cfg.language_steps + cfg.refine_steps:
-        return refine_lr(cfg, step - cfg.language_steps - cfg.refine_steps, cfg.focus_steps, 0.1 * cfg.refine_lr)
+    if step >= cfg.focus_from_step:
+        return refine_lr(cfg, step - cfg.focus_from_step, cfg.focus_steps, 0.1 * cfg.refine_lr)
     if step >= cfg.language_steps:
         return refine_lr(cfg, step - cfg.language_steps, cfg.refine_steps, 0.1 * cfg.language_lr)
     warm = min(1.0, (step + 1) / cfg.warmup_steps)
@@ -358,7 +366,7 @@ def train(cfg: TrainConfig, work_dir: Path, export_dir: Path) -> None:
         opt.load_state_dict(opt_state)
     model.train()
     model.model.vision_tower.eval()
-    total_steps = cfg.language_steps + cfg.refine_steps + cfg.focus_steps
+    total_steps = cfg.total_steps
     for step in range(start_step, total_steps):
         batch = language_batch(tokenizer, cfg, step)
         for g in opt.param_groups:

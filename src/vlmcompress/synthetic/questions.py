@@ -108,6 +108,19 @@ def ask_ocr(scene: Scene, rng: np.random.Generator) -> QA | None:
 NEGATIVE_KINDS = ("random", "popular", "adversarial")
 
 
+def absent_objects(scene: Scene, sharing_an_attribute: bool = False) -> list[tuple[str, str]]:
+    """(colour, shape) pairs not in the scene, in a fixed order; with
+    ``sharing_an_attribute`` only those sharing a colour or a shape with a present object
+    (the adversarial negatives)."""
+    present = {s.name for s in scene.shapes}
+    absent = [(c, s) for c in COLORS for s in SHAPES if f"{c} {s}" not in present]
+    if not sharing_an_attribute:
+        return absent
+    colors = {s.color for s in scene.shapes}
+    shapes = {s.shape for s in scene.shapes}
+    return [(c, s) for c, s in absent if c in colors or s in shapes]
+
+
 def ask_exists(scene: Scene, rng: np.random.Generator, negative_kind: str | None = None) -> QA | None:
     """POPE-like: is there a <colour> <shape>?  Half yes; the no's are drawn at random,
     among the most frequent absent objects (popular), or among absent objects that share
@@ -118,16 +131,13 @@ def ask_exists(scene: Scene, rng: np.random.Generator, negative_kind: str | None
         names = sorted(present)
         name = names[int(rng.integers(len(names)))]
         return QA(f"is there a {name} ?", "yes", {"negative_kind": kind})
-    absent = [(c, s) for c in COLORS for s in SHAPES if f"{c} {s}" not in present]
     if kind == "random":
-        pool = absent
+        pool = absent_objects(scene)
     elif kind == "popular":
         prior = {(c, s): COLOR_WEIGHTS[i] * SHAPE_WEIGHTS[j] for i, c in enumerate(COLORS) for j, s in enumerate(SHAPES)}
-        pool = sorted(absent, key=lambda cs: -prior[cs])[:3]
+        pool = sorted(absent_objects(scene), key=lambda cs: -prior[cs])[:3]
     else:
-        colors = {s.color for s in scene.shapes}
-        shapes = {s.shape for s in scene.shapes}
-        pool = [(c, s) for c, s in absent if c in colors or s in shapes]
+        pool = absent_objects(scene, sharing_an_attribute=True)
     if not pool:
         return None
     c, s = pool[int(rng.integers(len(pool)))]

@@ -13,7 +13,6 @@ resident memory above the process's state just before scoring).
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import tempfile

@@ -113,7 +113,7 @@ def long_sequence(tokens: int, decode: int, seed: int) -> None:
             method = build_setting(spec).methods[0]
             cache = method.build_cache(cfg.num_hidden_layers, head_dim, None)
             logits = _forward_stream(model, ids, cache, dec_ids)
-            s = cache.stats_per_sample()[0]
+            s = cache.footprint()[0]
             assert s["kv_bytes_fp16"] == fp16
             top1, cos = fidelity(logits)
             rel = abs(s["kv_bytes"] - s["kv_bytes_analytic"]) / s["kv_bytes_analytic"]

@@ -121,7 +121,7 @@ def test_label_parses_to_kv_group():
     assert build_setting("kv_group(bits=2,label=g-KT64VC32,residual=64)").normalized == build_setting(
         "kv_group(bits=2,k_axis=token,k_group=64,v_axis=channel,v_group=32,residual=64)"
     ).normalized
-    assert build_setting("kivi(bits=2)").normalized == "kivi(bits=2,group=32,residual=128,attend_quantized=false)"
+    assert build_setting("kivi(bits=2)").normalized == "kivi(attend_quantized=false,bits=2,group=32,residual=128)"
 
 
 # ----------------------------------------------------------------------------- residual window
@@ -270,15 +270,14 @@ def test_measured_bytes_equal_analytic_and_shrink(spec):
         layer.update(torch.randn(2, H, T, D), torch.randn(2, H, T, D))
         for _ in range(3):
             layer.update(torch.randn(2, H, 1, D), torch.randn(2, H, 1, D))
-    stats = cache.stats_per_sample()
+    stats = cache.footprint()
     assert [s["kv_tokens"] for s in stats] == [T + 3, T - 37 + 3]
     for s in stats:
         assert s["kv_bytes"] == s["kv_bytes_analytic"]
         assert s["kv_bytes_fp16"] == 2 * 2 * H * D * s["kv_tokens"] * 2
     assert stats[0]["kv_bytes"] < stats[0]["kv_bytes_fp16"]  # (G=4 costs 8 bits of scale+zero per element)
     # bytes read back at an earlier length (a sample that ended before the batch did)
-    cache.set_decode_entries([1, 1])  # the prompt and one decoded entry
-    early = cache.nbytes_per_sample()
+    early = [s["kv_bytes"] for s in cache.footprint([1, 1])]  # the prompt and one decoded entry
     assert early[0] < stats[0]["kv_bytes"]
     assert early[0] == sum(layer.byte_log[0][1][1] for layer in cache.layers)
 
@@ -287,7 +286,7 @@ def test_two_bit_group_128_is_about_seven_times_smaller_on_a_long_sequence():
     # 2 + 32/128 = 2.25 bits per element against 16, less the fp16 residual (T mod R keys, R values)
     cache = build_setting("kv_group(bits=2,label=g-KC128VT128)").methods[0].build_cache(1, 128, None)
     cache.layers[0].update(torch.randn(1, 2, 8192, 128), torch.randn(1, 2, 8192, 128))
-    s = cache.stats_per_sample()[0]
+    s = cache.footprint()[0]
     assert s["kv_bytes"] == s["kv_bytes_analytic"]
     assert 6.5 < s["kv_bytes_fp16"] / s["kv_bytes"] < 16 / 2.25
 
@@ -365,7 +364,7 @@ def _generate(entry, spec: str, idx: list[int], n: int = 8):
     cache = setting.methods[0].make_cache(ctx, batch) if setting.methods else DynamicCache(config=model.config.get_text_config())
     with torch.inference_mode():
         out = model.generate(**batch, past_key_values=cache, max_new_tokens=n, min_new_tokens=n, do_sample=False)
-    stats = setting.methods[0].after_generate(ctx, batch, cache) if setting.methods else None
+    stats = cache.footprint() if setting.methods else None
     return out[:, batch["input_ids"].shape[1] :].tolist(), stats, batch
 
 

@@ -20,7 +20,7 @@ def loaded(request, tiny_llava_dir, tiny_qwen_dir):
 
 def test_adapter_finds_the_parts(loaded):
     ad = loaded.adapter
-    expected = {"llava": ("CLIPVisionModel", "LlavaMultiModalProjector"), "qwen2_vl": ("Qwen2VisionTransformerPretrainedModel", "PatchMerger")}[ad.family]
+    expected = {"llava": ("CLIPVisionModel", "LlavaMultiModalProjector"), "qwen2_vl": ("Qwen2VisionTransformerPretrainedModel", "PatchMerger")}[ad.name]
     assert (type(ad.vision_tower).__name__, type(ad.projector).__name__) == expected
     assert len(ad.decoder_layers) == loaded.model.config.get_text_config().num_hidden_layers
     assert ad.lm_head is loaded.model.lm_head
@@ -35,7 +35,7 @@ def test_batches_are_left_padded_and_image_tokens_located(loaded):
     n_img = ad.image_token_mask(batch["input_ids"]).sum(-1)
     assert n_img[0] == n_img[1] > 0
     pos = ad.position_ids(batch)
-    if ad.family == "llava":
+    if ad.name == "llava":
         first_real = int((mask[0] == 0).sum())
         assert pos[0, first_real] == 0 and pos[1, 0] == 0
     else:

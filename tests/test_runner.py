@@ -2,16 +2,15 @@ import json
 from dataclasses import dataclass
 
 import pytest
-import torch
 
 from vlmcompress.errors import ConfigError
 from vlmcompress.eval import loop as eval_loop
-from vlmcompress.methods import CompressionMethod, register_method
+from vlmcompress.methods import METHODS, CompressionMethod
 from vlmcompress.runner import RunConfig, run
 from vlmcompress.store import Store
 
 
-@register_method
+@METHODS.register
 @dataclass
 class _BlankImage(CompressionMethod):
     """Test-only vision-hook method: replaces every image by a constant one, so that the
@@ -21,11 +20,11 @@ class _BlankImage(CompressionMethod):
     hook = "vision"
     value: float = 0.0
 
-    def before_generate(self, ctx, batch):
+    def make_cache(self, ctx, batch):  # sees each batch before generation; no cache of its own
         batch["pixel_values"].fill_(self.value)
 
 
-@register_method
+@METHODS.register
 @dataclass
 class _BreakOneSample(CompressionMethod):
     """Test-only: a batch holding the sample with question ``question`` fails."""
@@ -34,7 +33,7 @@ class _BreakOneSample(CompressionMethod):
     hook = "attention"
     question: str = ""
 
-    def before_generate(self, ctx, batch):
+    def make_cache(self, ctx, batch):  # sees each batch before generation; no cache of its own
         from vlmcompress.tasks.scoring import normalize_answer
 
         texts = [normalize_answer(t) for t in ctx.processor.tokenizer.batch_decode(batch["input_ids"], skip_special_tokens=True)]

@@ -4,10 +4,10 @@ from typing import Literal
 import pytest
 
 from vlmcompress.errors import ConfigError
-from vlmcompress.methods import METHODS, CompressionMethod, build_setting, parse_spec, register_method
+from vlmcompress.methods import METHODS, CompressionMethod, build_setting, parse_spec
 
 
-@register_method
+@METHODS.register
 @dataclass
 class _SpecProbe(CompressionMethod):
     """Test-only method with one knob of each type."""

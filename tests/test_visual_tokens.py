@@ -11,9 +11,9 @@ from PIL import Image
 
 from vlmcompress.errors import ConfigError
 from vlmcompress.methods import build_setting
-from vlmcompress.methods.eviction.plumbing import SequenceLayout
+from vlmcompress.methods.layout import SequenceLayout
 from vlmcompress.methods.visual_tokens import select as V
-from vlmcompress.methods.visual_tokens.flops import DecoderShape, decode_flops, prefill_flops
+from vlmcompress.methods.layout.flops import DecoderShape, decode_flops, prefill_flops
 
 from test_eviction import QUESTIONS, _images, generate, llava, qwen  # noqa: F401  (fixtures)
 

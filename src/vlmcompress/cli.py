@@ -65,7 +65,6 @@ def run(config, model, tasks, compress, limit, batch_size, seed, output, device,
             cfg = RunConfig.from_yaml(config, **overrides)
         else:
             cfg = RunConfig.from_dict({"output": DEFAULT_OUTPUT, **{k: v for k, v in overrides.items() if v is not None}})
-        click.echo(f"vlmcompress: {len(cfg.models)} model(s) × {len(cfg.validate())} setting(s) × {len(cfg.tasks)} task(s) → {cfg.output}")
         results = run_sweep(cfg, echo=click.echo)
     except VlmCompressError as exc:
         _fail(exc)

@@ -1,5 +1,9 @@
 """A registry by name, shared by methods, tasks and model adapters (lm-eval's task registry
-is the model: registering is a decorator, looking up an unknown name lists the known ones)."""
+is the model: registering is a decorator, looking up an unknown name lists the known ones).
+
+One idiom for all three: ``REGISTRY.register(obj)`` files ``obj`` under ``obj.name`` and
+returns it, so it serves as a class decorator (methods, adapters) and as a call on an
+instance (tasks)."""
 
 from __future__ import annotations
 
@@ -11,18 +15,22 @@ T = TypeVar("T")
 
 
 class Registry(Generic[T]):
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, check: Callable[[T], None] | None = None) -> None:
         self.kind = kind
+        self._check = check
         self._entries: dict[str, T] = {}
 
-    def register(self, name: str) -> Callable[[T], T]:
-        def decorator(obj: T) -> T:
-            if name in self._entries and self._entries[name] is not obj:
-                raise ValueError(f"{self.kind} {name!r} is registered twice")
-            self._entries[name] = obj
-            return obj
-
-        return decorator
+    def register(self, obj: T) -> T:
+        """File ``obj`` under its ``name``; a second, different object under one name is a bug."""
+        name = getattr(obj, "name", None)
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"a {self.kind} needs a non-empty string `name` to be registered: {obj!r}")
+        if self._check is not None:
+            self._check(obj)
+        if name in self._entries and self._entries[name] is not obj:
+            raise ValueError(f"{self.kind} {name!r} is registered twice")
+        self._entries[name] = obj
+        return obj
 
     def get(self, name: str) -> T:
         try:

@@ -37,7 +37,7 @@ from transformers import LlavaForConditionalGeneration
 from ..synthetic.questions import ASKERS, CAPTION_PROMPT, caption
 from .curriculum import AUX_ASKERS
 from ..synthetic.scenes import COLORS, GRID, SHAPES, random_scene, render
-from .build import IMAGE_MEAN, IMAGE_STD, NUM_IMAGE_TOKENS, PATCH_SIZE, build_config, build_processor
+from .build import IMAGE_MEAN, IMAGE_STD, NUM_IMAGE_TOKENS, build_config, build_processor
 
 TASK_TYPES = tuple(ASKERS)
 REFINE_TYPES = TASK_TYPES + tuple(AUX_ASKERS)  # the evaluated types, then the training-only ones

@@ -13,9 +13,9 @@ import torch
 from transformers import DynamicCache
 
 from ..errors import VlmCompressError
+from ..footprint import kv_footprint
 from ..methods.base import CompressionContext, CompressionMethod
 from ..tasks.base import Sample, Task
-from .memory import kv_bytes_per_sample
 from .timing import PeakMemory, StepClock
 
 log = logging.getLogger(__name__)
@@ -62,8 +62,6 @@ def generate_batch(
             break
     if cache is None:
         cache = DynamicCache(config=model.config.get_text_config())
-    for m in methods:
-        m.before_generate(ctx, batch)
     clock = StepClock(device)
     clock.begin()
     with torch.inference_mode():
@@ -89,22 +87,26 @@ def generate_batch(
                 break
         generated.append(n)
     predictions = [tokenizer.decode(row[:n], skip_special_tokens=True).strip() for row, n in zip(new_tokens.tolist(), generated)]
-    # A sample run alone stops after its end-of-sequence token, which is never fed back:
-    # its cache holds the prompt and all generated tokens but the last.
-    real_prompt = batch["attention_mask"].sum(-1).tolist()
-    cached = [int(p) + g - 1 for p, g in zip(real_prompt, generated)]
-    if hasattr(out.past_key_values, "set_decode_entries"):
-        # a cache that logs its own footprint reads it at each sample's own end, not after
-        # the tokens a batch keeps feeding a row that has already finished (counted in
-        # decoded entries: eviction keeps its own number of prompt tokens per layer)
-        out.past_key_values.set_decode_entries([g - 1 for g in generated])
-    stats: list[dict[str, Any]] = [{"kv_bytes": b, "generated_tokens": g, "prompt_tokens": int(p)} for b, g, p in zip(kv_bytes_per_sample(out.past_key_values, cached), generated, real_prompt)]
+    stats: list[dict[str, Any]] = [{"generated_tokens": g, "prompt_tokens": int(p)} for g, p in zip(generated, batch["attention_mask"].sum(-1).tolist())]
     for m in methods:
         extra = m.after_generate(ctx, batch, out.past_key_values)
         if extra:
             for s, e in zip(stats, extra):
                 s.update(e)
+    for s, fp in zip(stats, _kv_footprint(methods, out.past_key_values, stats, model.config.get_text_config().num_hidden_layers)):
+        s.update(fp)
     return BatchOutput(predictions, generated, clock.prefill_s, clock.decode_s, clock.decode_steps, stats)
+
+
+def _kv_footprint(methods: list[CompressionMethod], cache, stats: list[dict[str, Any]], n_layers: int) -> list[dict[str, float]]:
+    """KV bytes of each sample at its OWN end: a sample run alone stops after its
+    end-of-sequence token, which is never fed back, so its cache holds its prompt (as
+    many entries per layer as eviction or token dropping left) and all its generated
+    tokens but the last; the tokens a batch keeps feeding a finished row are not its own."""
+    held = next((h for m in methods if (h := m.prompt_entries_held()) is not None), None)
+    if held is None:
+        held = [[float(s["prompt_tokens"])] * n_layers for s in stats]
+    return kv_footprint(cache, held, [s["generated_tokens"] - 1 for s in stats])
 
 
 def _eos_ids(model, tokenizer) -> set[int]:

@@ -7,7 +7,7 @@ subpackages by family), so a new method is registered by adding its file.
 import importlib
 import pkgutil
 
-from .base import HOOK_POINTS, METHODS, CompressionContext, CompressionMethod, register_method
+from .base import HOOK_POINTS, METHODS, CompressionContext, CompressionMethod
 from .spec import BASELINE, Setting, build_setting, parse_spec
 
 
@@ -27,5 +27,4 @@ __all__ = [
     "Setting",
     "build_setting",
     "parse_spec",
-    "register_method",
 ]

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from ..errors import ConfigError
 from ..registry import Registry
@@ -29,13 +29,22 @@ if TYPE_CHECKING:  # pragma: no cover
 
 HOOK_POINTS = ("weights", "vision", "attention", "kv_cache")
 
-METHODS: Registry[type["CompressionMethod"]] = Registry("method")
-
-
-def register_method(cls: type["CompressionMethod"]) -> type["CompressionMethod"]:
+def _check_hook(cls: type["CompressionMethod"]) -> None:
     if cls.hook not in HOOK_POINTS:
         raise ValueError(f"{cls.__name__}.hook must be one of {HOOK_POINTS}")
-    return METHODS.register(cls.name)(cls)
+
+
+METHODS: Registry[type["CompressionMethod"]] = Registry("method", check=_check_hook)
+
+
+class CalibrationData(Protocol):
+    """Where calibration-based weight methods get their inputs from."""
+
+    def batches(self) -> list[dict]:
+        """Model-input batches (on the model's device) of the calibration samples."""
+
+    def describe(self) -> dict[str, Any]:
+        """What a result records about them (task, seed, samples requested)."""
 
 
 @dataclass
@@ -46,7 +55,7 @@ class CompressionContext:
     model: Any
     adapter: "ModelAdapter"
     processor: Any
-    calibration: Callable[[int, int], list[dict]] | None = None  # (n_samples, seed) -> model-input batches
+    calibration: CalibrationData | None = None  # inputs of calibration-based weight methods
     info: dict[str, Any] = field(default_factory=dict)
 
 
@@ -68,11 +77,14 @@ class CompressionMethod:
         """``kv_cache`` methods: the cache generation should write into for ``batch``."""
         return None
 
-    def before_generate(self, ctx: CompressionContext, batch: dict) -> None:
-        """Called with each batch's model inputs before generation starts."""
-
     def after_generate(self, ctx: CompressionContext, batch: dict, cache: Any) -> list[dict[str, Any]] | None:
         """Per-sample figures of this batch (e.g. tokens kept), or ``None``."""
+        return None
+
+    def prompt_entries_held(self) -> list[list[float]] | None:
+        """After a batch: ``[row][layer]`` prompt entries each layer's cache held, when this
+        method changed them (eviction, token dropping); ``None`` otherwise.  The KV bytes
+        are counted from it in one place (:func:`vlmcompress.footprint.kv_footprint`)."""
         return None
 
     def remove(self, ctx: CompressionContext) -> None:

@@ -7,14 +7,51 @@ attribute paths, because transformers moves them between releases (LLaVA's decod
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Literal
 
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from ..registry import Registry
 
 ADAPTERS: Registry[type["ModelAdapter"]] = Registry("model family")
+
+# The op whose output feeds a Linear, by the Linear's name inside its block: AWQ folds
+# 1/s into it, which keeps the float model unchanged.  Llama / Qwen2 decoders and CLIP /
+# SigLIP vision blocks.  A Linear with no entry (or whose predecessor's width does not
+# match, e.g. v_proj -> o_proj under grouped-query attention) gets no scale.
+LLAMA_CLIP_PREDECESSORS: dict[str, tuple[str, ...]] = {
+    "self_attn.q_proj": ("input_layernorm", "layer_norm1"),
+    "self_attn.k_proj": ("input_layernorm", "layer_norm1"),
+    "self_attn.v_proj": ("input_layernorm", "layer_norm1"),
+    "self_attn.o_proj": ("self_attn.v_proj",),
+    "self_attn.out_proj": ("self_attn.v_proj",),
+    "mlp.gate_proj": ("post_attention_layernorm",),
+    "mlp.up_proj": ("post_attention_layernorm",),
+    "mlp.down_proj": ("mlp.up_proj",),
+    "mlp.fc1": ("layer_norm2",),
+}
+
+
+@dataclass(frozen=True)
+class VisionScoring:
+    """Where the vision-side pruners (VisionZip, PruMerge+) read a token's importance.
+
+    ``cls``: a tower with a CLS token whose patches reach the projector one to one; the
+    score is the CLS query's attention in ``attention`` (the feature layer).
+    ``merger``: a tower without CLS whose projector packs ``group`` consecutive patches
+    into one LLM token; the score is the attention a patch receives in ``attention`` (the
+    last block), whose queries and keys take the tower's own ``rotary``.
+    """
+
+    kind: Literal["cls", "merger"]
+    attention: nn.Module
+    projector: nn.Module
+    group: int = 1
+    rotary: Callable | None = None
 
 
 def find_module(root: nn.Module, names: tuple[str, ...]) -> nn.Module | None:
@@ -31,10 +68,11 @@ def find_module(root: nn.Module, names: tuple[str, ...]) -> nn.Module | None:
 class ModelAdapter:
     """Answers the questions methods ask about one model family."""
 
-    family: str = ""
-    model_types: tuple[str, ...] = ()
-    vision_names: tuple[str, ...] = ("vision_tower",)
-    projector_names: tuple[str, ...] = ("multi_modal_projector",)
+    name: ClassVar[str] = ""  # the family's registry name
+    model_types: ClassVar[tuple[str, ...]] = ()
+    vision_names: ClassVar[tuple[str, ...]] = ("vision_tower",)
+    projector_names: ClassVar[tuple[str, ...]] = ("multi_modal_projector",)
+    scale_predecessors: ClassVar[dict[str, tuple[str, ...]]] = LLAMA_CLIP_PREDECESSORS
 
     def __init__(self, model: nn.Module, processor: Any) -> None:
         self.model = model
@@ -79,11 +117,54 @@ class ModelAdapter:
         return self.model.config.get_text_config()
 
     @property
-    def vision_token_group(self) -> int | None:
-        """Vision-encoder patches packed into one LLM image token by the projector
-        (consecutive rows of the tower's output), or ``None`` when the projector maps
-        patches one to one and the tower has a CLS token (LLaVA family)."""
-        return None
+    def text_head_dim(self) -> int:
+        cfg = self.text_config
+        return int(getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
+
+    @property
+    def text_kv_heads(self) -> int:
+        cfg = self.text_config
+        return int(getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads)
+
+    @property
+    def attention_implementation(self) -> str:
+        return self.text_config._attn_implementation or "eager"
+
+    def self_attention(self, layer: nn.Module) -> nn.Module:
+        """The attention module of one decoder layer."""
+        attn = getattr(layer, "self_attn", None)
+        if attn is None:
+            raise ConfigError(f"{type(layer).__name__} has no self_attn; token eviction/pruning cannot hook this model")
+        return attn
+
+    def text_rotary(self, attn: nn.Module) -> Callable:
+        """``apply_rotary_pos_emb(q, k, cos, sin)`` of the decoder's own modeling file (the
+        language model of a LLaVA can be any causal LM; Qwen2-VL's folds the 3-D M-RoPE
+        sections into ``cos``/``sin``)."""
+        module = importlib.import_module(type(attn).__module__)
+        fn = getattr(module, "apply_rotary_pos_emb", None)
+        if fn is None:
+            raise ConfigError(f"{type(attn).__name__}: no apply_rotary_pos_emb in {module.__name__}; token scoring cannot compute its queries")
+        return fn
+
+    def require_full_attention(self, method: str) -> None:
+        """Refuse decoders with sliding-window or other non-full attention layers."""
+        layer_types = set(getattr(self.text_config, "layer_types", None) or ["full_attention"])
+        if layer_types - {"full_attention"}:
+            raise ConfigError(f"{method}: only full-attention decoders are supported; this model has layer types {sorted(layer_types)}")
+
+    # ---------------------------------------------------------------- vision tower
+    @property
+    def vision_layers(self) -> nn.ModuleList:
+        """The vision encoder's list of layers (CLIP/SigLIP ``layers``, Qwen2-VL ``blocks``)."""
+        layers = find_module(self.vision_tower, ("layers", "blocks"))
+        if not isinstance(layers, nn.ModuleList):
+            raise ConfigError(f"{type(self.vision_tower).__name__}: no encoder layer list found")
+        return layers
+
+    def vision_scoring(self, method: str) -> VisionScoring:
+        """Where ``method`` (a vision-side pruner) scores tokens; refuses a family it cannot serve."""
+        raise ConfigError(f"{method}: the {self.name} family has no vision-token scoring site")
 
     @property
     def image_token_id(self) -> int:

@@ -3,23 +3,35 @@ projector, and 3-D multimodal rotary positions (M-RoPE: temporal, height, width)
 
 from __future__ import annotations
 
+import importlib
+
 import torch
 
-from .base import ADAPTERS, ModelAdapter
+from ..errors import ConfigError
+from .base import ADAPTERS, LLAMA_CLIP_PREDECESSORS, ModelAdapter, VisionScoring
 
 
-@ADAPTERS.register("qwen2_vl")
+@ADAPTERS.register
 class Qwen2VLAdapter(ModelAdapter):
-    family = "qwen2_vl"
+    name = "qwen2_vl"
     model_types = ("qwen2_vl", "qwen2_5_vl")
     vision_names = ("visual",)
     projector_names = ("merger",)
+    # the vision blocks: norm1 -> attn.qkv, norm2 -> mlp.fc1
+    scale_predecessors = {**LLAMA_CLIP_PREDECESSORS, "mlp.fc1": ("layer_norm2", "norm2"), "attn.qkv": ("norm1",)}
 
-    @property
-    def vision_token_group(self) -> int:
-        """The PatchMerger packs each ``m x m`` window (``m = spatial_merge_size``) of
-        patches, ``m*m`` consecutive rows in the processor's patch order, into one token."""
-        return int(self.model.config.vision_config.spatial_merge_size) ** 2
+    def vision_scoring(self, method: str) -> VisionScoring:
+        """The attention patches receive in the last vision block; the PatchMerger packs
+        each ``m x m`` window (``m = spatial_merge_size``) of patches, ``m*m`` consecutive
+        rows in the processor's patch order, into one token."""
+        if self.model.config.model_type == "qwen2_5_vl":
+            raise ConfigError(
+                f"{method}: Qwen2.5-VL's tower permutes patches into attention windows before its merger; only Qwen2-VL's merger tower is supported"
+            )
+        attn = self.vision_layers[-1].attn
+        rotary = getattr(importlib.import_module(type(attn).__module__), "apply_rotary_pos_emb_vision")
+        group = int(self.model.config.vision_config.spatial_merge_size) ** 2
+        return VisionScoring("merger", attn, self.projector, group=group, rotary=rotary)
 
     def position_ids(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """``[3, B, T]`` M-RoPE positions, computed by the model itself."""

@@ -14,15 +14,15 @@ from typing import Any, Callable
 
 import torch
 
+from ..eval.calibration import CalibrationSource
 from ..eval.loop import evaluate_cell
-from ..eval.memory import model_weight_bytes
-from ..eval.statistics import bootstrap_ci, loyalty
+from ..eval.summary import summarise_cell
 from ..methods import CompressionContext, Setting
 from ..models import LoadedModel, load_model
 from ..store import Store
 from ..tasks import TASKS, Sample
 from .config import RunConfig
-from .outputs import write_outputs
+from .outputs import OutputWriter
 
 log = logging.getLogger(__name__)
 
@@ -74,12 +74,14 @@ class _ModelState:
 
 def run(config: RunConfig, *, echo: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run (or resume) the sweep described by ``config``; returns the ``results.json`` dict."""
-    settings = config.validate()
+    settings = config.validate()  # the only validation of a run: every knob before any work
+    say = echo or (lambda msg: None)
+    say(f"vlmcompress: {len(config.models)} model(s) × {len(settings)} setting(s) × {len(config.tasks)} task(s) → {config.output}")
     out_dir = Path(config.output)
     out_dir.mkdir(parents=True, exist_ok=True)
     store = Store(out_dir / "results.sqlite")
+    writer = OutputWriter(out_dir, store)
     device = resolve_device(config.device)
-    say = echo or (lambda msg: None)
     meta = {"config": config.to_dict(), "versions": versions(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     try:
         total = len(config.models) * len(settings) * len(config.tasks)
@@ -105,7 +107,10 @@ def run(config: RunConfig, *, echo: Callable[[str], None] | None = None) -> dict
                     state.loaded = load_model(model_name, dtype=config.dtype, device=str(device), trust_remote_code=config.trust_remote_code)
                     state.pristine = True
                 loaded = state.loaded
-                ctx = CompressionContext(loaded.model, loaded.adapter, loaded.processor, calibration=_calibration_source(config, loaded, device))
+                calibration = CalibrationSource(
+                    config.calibration_task or config.tasks[0], config.calibration_seed, config.calibration_samples, config.batch_size, loaded.adapter, device
+                )
+                ctx = CompressionContext(loaded.model, loaded.adapter, loaded.processor, calibration=calibration)
                 ordered = setting.ordered()
                 started = time.perf_counter()
                 for m in ordered:
@@ -119,10 +124,12 @@ def run(config: RunConfig, *, echo: Callable[[str], None] | None = None) -> dict
                         samples = samples_of(task_name)
                         cell_started = time.perf_counter()
                         out = evaluate_cell(ctx, ordered, task, samples, config.batch_size, device, config.max_new_tokens)
-                        cell = _summarise(config, model_name, setting, baseline, task, out, ctx, store)
+                        key = cell_key(config, model_name, setting, task_name)
+                        baseline_rows = out.rows if setting.is_baseline else store.samples(cell_key(config, model_name, baseline, task_name))
+                        cell = summarise_cell(key, model_name, setting, task, out, ctx, baseline_rows, config.seed)
                         store.save_cell(cell, out.rows)
+                        writer.cell_finished(cell, out.rows, meta)
                         done += 1
-                        results = write_outputs(out_dir, store, meta)
                         say(
                             f"[{done}/{total}] {model_name} | {setting.spec} | {task_name}: accuracy {cell['scores'].get('accuracy', float('nan')):.3f}"
                             f" (n={cell['n']}{', errors ' + str(cell['n_errors']) if cell['n_errors'] else ''}) loyalty {cell['loyalty']['agreement']:.3f}"
@@ -131,61 +138,9 @@ def run(config: RunConfig, *, echo: Callable[[str], None] | None = None) -> dict
                 finally:
                     for m in reversed(ordered):
                         m.remove(ctx)
-        return write_outputs(out_dir, store, meta)
+        return writer.finish(meta)
+    except BaseException:
+        writer.finish(meta)  # an interrupted run still leaves outputs of every finished cell
+        raise
     finally:
         store.close()
-
-
-def _calibration_source(config: RunConfig, loaded: LoadedModel, device: torch.device):
-    task_name = config.calibration_task or config.tasks[0]
-
-    def calibration(n: int | None = None, seed: int | None = None) -> list[dict]:
-        n = n or config.calibration_samples
-        seed = config.calibration_seed if seed is None else seed
-        task = TASKS.get(task_name)
-        samples = task.samples(seed, n)
-        batches = []
-        for i in range(0, len(samples), config.batch_size):
-            chunk = samples[i : i + config.batch_size]
-            batch = loaded.adapter.build_inputs([s.image for s in chunk], [task.prompt(s) for s in chunk])
-            batches.append({k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()})
-        return batches
-
-    calibration.task = task_name  # type: ignore[attr-defined]
-    calibration.seed = config.calibration_seed  # type: ignore[attr-defined]
-    calibration.samples = config.calibration_samples  # type: ignore[attr-defined]
-    return calibration
-
-
-def _summarise(config, model_name, setting, baseline, task, out, ctx, store) -> dict[str, Any]:
-    rows = out.rows
-    scored = [r for r in rows if r["error"] is None]
-    scores = task.aggregate(scored) if scored else {"accuracy": float("nan")}
-    ci = {"accuracy": list(bootstrap_ci([r["score"] for r in scored], seed=config.seed))}
-    efficiency = dict(out.efficiency)
-    efficiency["weight_bytes"] = model_weight_bytes(ctx.model)
-    efficiency.update(ctx.info)  # a method's own count (e.g. packed weights) wins
-    if setting.is_baseline:
-        base_rows = rows
-    else:
-        base_rows = store.samples(cell_key(config, model_name, baseline, task.name))
-    base = {r["sample_id"]: r for r in base_rows if r["error"] is None}
-    pairs = [
-        (task.normalize(r["prediction"]), task.normalize(base[r["sample_id"]]["prediction"]), r["score"], base[r["sample_id"]]["score"])
-        for r in scored
-        if r["sample_id"] in base
-    ]
-    loyal = loyalty(pairs)
-    return {
-        "cell_key": cell_key(config, model_name, setting, task.name),
-        "model": model_name,
-        "setting": setting.spec,
-        "setting_normalized": setting.normalized,
-        "task": task.name,
-        "n": len(scored),
-        "n_errors": len(rows) - len(scored),
-        "scores": scores,
-        "scores_ci": ci,
-        "loyalty": {**loyal, "errors": out.errors[:20]},
-        "efficiency": efficiency,
-    }

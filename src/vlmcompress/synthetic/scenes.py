@@ -94,12 +94,6 @@ class Scene:
             parts.append(f"sign{self.sign.row}{self.sign.col}{self.sign.text}")
         return "|".join(parts)
 
-    def occupied(self) -> set[tuple[int, int]]:
-        cells = {(s.row, s.col) for s in self.shapes}
-        if self.sign is not None:
-            cells.add((self.sign.row, self.sign.col))
-        return cells
-
     def with_color(self, index: int, color: str) -> "Scene":
         shapes = list(self.shapes)
         shapes[index] = replace(shapes[index], color=color)

@@ -17,11 +17,6 @@ from .scoring import normalize_answer
 TASKS: Registry["Task"] = Registry("task")
 
 
-def register_task(task: "Task") -> "Task":
-    TASKS.register(task.name)(task)
-    return task
-
-
 @dataclass
 class Sample:
     id: str

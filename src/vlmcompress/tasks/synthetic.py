@@ -17,7 +17,7 @@ from PIL import Image
 
 from ..synthetic.questions import ASKERS, NEGATIVE_KINDS, ask_counterfactual_probe, ask_exists
 from ..synthetic.scenes import COLORS, Scene, random_scene, render
-from .base import Sample, Task, register_task
+from .base import TASKS, Sample, Task
 from .scoring import extract_option_letter, pope_metrics
 
 SYNTHETIC_SUITE = (
@@ -128,10 +128,10 @@ class CounterfactualTask(SyntheticTask):
         return out
 
 
-register_task(SyntheticTask("synth_attribute", "colour or shape of one object", "perception", 4, kind="attribute"))
-register_task(SyntheticTask("synth_count", "how many shapes (of a colour / a shape)", "counting", 4, kind="count"))
-register_task(SyntheticTask("synth_spatial", "is A left of / right of / above / below B (yes/no)", "spatial reasoning", 4, kind="spatial"))
-register_task(SyntheticTask("synth_ocr", "read the two digits on a sign", "ocr", 5, kind="ocr"))
-register_task(ExistsTask("synth_exists", "POPE-like existence, random/popular/adversarial negatives", "hallucination", 4, kind="exists"))
-register_task(MultipleChoiceTask("synth_multiple_choice", "colour of an object among four lettered options", "multiple choice", 4, kind="multiple_choice"))
-register_task(CounterfactualTask("synth_counterfactual", "same scene, one colour changed: answer must not move", "counterfactual", 4, kind="counterfactual"))
+TASKS.register(SyntheticTask("synth_attribute", "colour or shape of one object", "perception", 4, kind="attribute"))
+TASKS.register(SyntheticTask("synth_count", "how many shapes (of a colour / a shape)", "counting", 4, kind="count"))
+TASKS.register(SyntheticTask("synth_spatial", "is A left of / right of / above / below B (yes/no)", "spatial reasoning", 4, kind="spatial"))
+TASKS.register(SyntheticTask("synth_ocr", "read the two digits on a sign", "ocr", 5, kind="ocr"))
+TASKS.register(ExistsTask("synth_exists", "POPE-like existence, random/popular/adversarial negatives", "hallucination", 4, kind="exists"))
+TASKS.register(MultipleChoiceTask("synth_multiple_choice", "colour of an object among four lettered options", "multiple choice", 4, kind="multiple_choice"))
+TASKS.register(CounterfactualTask("synth_counterfactual", "same scene, one colour changed: answer must not move", "counterfactual", 4, kind="counterfactual"))

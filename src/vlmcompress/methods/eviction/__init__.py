@@ -2,5 +2,5 @@
 VL-Cache, LOOK-M, random).  Knob ``ratio`` = share of each sample's real prompt kept per
 layer (on average over layers for the methods with per-layer budgets).
 
-``scores`` holds the pure tensor math, ``plumbing`` the transformers hooks, one file
-per registered method."""
+``scores`` holds the pure budget and selection math, ``base`` the per-row selection on
+the shared token layout (``methods/layout``), one file per registered method."""

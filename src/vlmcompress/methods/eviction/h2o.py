@@ -6,26 +6,23 @@ chunks so memory stays linear in the prompt length) plus a recent window."""
 from dataclasses import dataclass
 from typing import ClassVar
 
-from ..base import register_method
+from ..base import METHODS
 from . import scores as S
-from .base import EvictionMethod
-from .plumbing import attention_scaling
+from .base import WindowedEviction
+from ..layout.queries import attention_scaling
 
 
-@register_method
+@METHODS.register
 @dataclass
-class H2O(EvictionMethod):
+class H2O(WindowedEviction):
     name: ClassVar[str] = "h2o"
     needs_queries: ClassVar[str] = "all"
 
-    ratio: float = 0.4  # share of the prompt kept, in (0, 1]
-    window_size: int = 0  # recent tokens always kept; 0 = max(1, 10% of the budget)
     per_head: bool = True  # each KV head keeps its own heavy hitters (else one set for all heads)
     chunk: int = 256  # queries scored at a time (memory ~ heads x chunk x prompt)
 
     def validate(self) -> None:
         super().validate()
-        self.check_range("window_size", 0, None)
         self.check_range("chunk", 1, None)
 
     def select(self, layer, row, length, keys, queries, attn, layout):

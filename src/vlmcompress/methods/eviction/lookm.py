@@ -7,13 +7,13 @@ most (averaged merging), so their information is not simply lost."""
 from dataclasses import dataclass
 from typing import ClassVar
 
-from ..base import register_method
+from ..base import METHODS
 from . import scores as S
 from .base import EvictionMethod
-from .plumbing import attention_scaling
+from ..layout.queries import attention_scaling
 
 
-@register_method
+@METHODS.register
 @dataclass
 class LookM(EvictionMethod):
     name: ClassVar[str] = "lookm"

@@ -6,20 +6,17 @@ narrowly); the mean budget over layers is the uniform one."""
 from dataclasses import dataclass
 from typing import ClassVar
 
-from ..base import register_method
+from ..base import METHODS
 from . import scores as S
 from .snapkv import SnapKV
 
 
-@register_method
+@METHODS.register
 @dataclass
 class PyramidKV(SnapKV):
     name: ClassVar[str] = "pyramidkv"
 
-    ratio: float = 0.4  # share of the prompt kept, on average over layers, in (0, 1]
-    window_size: int = 0  # observation window; 0 = max(1, 10% of the uniform budget)
-    kernel: int = 5  # pooling width over positions (odd)
-    pooling: str = "avg"  # avg | max
+    # ratio: on average over layers; window_size: 10% of the uniform budget when 0
     beta: float = 20.0  # steepness: the last layer keeps (B - w) / beta selected tokens
 
     def validate(self) -> None:

@@ -6,23 +6,20 @@ from typing import ClassVar
 
 import torch
 
-from ..base import register_method
+from ..base import METHODS
 from . import scores as S
-from .base import EvictionMethod, row_seed
+from .base import WindowedEviction, row_seed
 
 
-@register_method
+@METHODS.register
 @dataclass
-class RandomEviction(EvictionMethod):
+class RandomEviction(WindowedEviction):
     name: ClassVar[str] = "random"
 
-    ratio: float = 0.4  # share of the prompt kept, in (0, 1]
-    window_size: int = 0  # recent tokens always kept; 0 = max(1, 10% of the budget)
     seed: int = 0  # the draw depends on the seed, the layer and the sample's own tokens
 
     def validate(self) -> None:
         super().validate()
-        self.check_range("window_size", 0, None)
 
     def select(self, layer, row, length, keys, queries, attn, layout):
         gen = torch.Generator().manual_seed(row_seed(self.seed, layer, layout, row))

@@ -1,10 +1,11 @@
-"""Pure scoring and selection math of KV-cache eviction, on the tensors of ONE sample.
+"""Pure budget, scoring and selection math of KV-cache eviction, on the tensors of ONE sample.
 
 Every function here works on one row of a batch with its padding already removed:
 keys ``k`` are ``[H_kv, L, D]`` (rotary already applied, as the cache stores them),
 queries ``q`` are ``[H_q, n, D]`` (rotary applied), ``L`` is the sample's real prompt
 length.  Working per row is what makes a sample keep exactly the same entries alone
-and inside a padded batch (the plumbing slices each row's real tokens out first).
+and inside a padded batch (the layout slices each row's real tokens out first).  The attention pieces shared
+with visual-token pruning live in :mod:`..layout.attention`.
 
 Selections are returned as ``[H_kv, n_keep]`` int64 tensors of token positions
 (0-based within the real prompt), sorted ascending per head.  Ties between equal
@@ -20,6 +21,8 @@ import math
 
 import torch
 import torch.nn.functional as F
+
+from ..layout.attention import attention_column_sums, group_mean, window_attention
 
 # ----------------------------------------------------------------------------- budgets
 
@@ -60,49 +63,6 @@ def pyramid_budgets(length: int, budget: int, window: int, n_layers: int, beta: 
     return [min(length, window + max(0, round(hi - i * step))) for i in range(n_layers)]
 
 
-# ----------------------------------------------------------------------------- attention pieces
-
-
-def group_mean(scores: torch.Tensor, n_kv_heads: int) -> torch.Tensor:
-    """``[H_q, ...]`` -> ``[H_kv, ...]``: average the query heads sharing one KV head (GQA),
-    so a KV head keeps what its whole group attends to (kvpress, SnapKV issue #22)."""
-    h_q = scores.shape[0]
-    return scores.reshape(n_kv_heads, h_q // n_kv_heads, *scores.shape[1:]).mean(1)
-
-
-def _expand_kv(k: torch.Tensor, h_q: int) -> torch.Tensor:
-    return k.repeat_interleave(h_q // k.shape[0], dim=0)
-
-
-def window_attention(q: torch.Tensor, k: torch.Tensor, scaling: float) -> torch.Tensor:
-    """Softmax attention of the LAST ``n`` queries of a prompt over all ``L`` keys,
-    causal: query ``i`` sits at position ``L - n + i``.  ``[H_q, n, L]`` in float32."""
-    h_q, n, _ = q.shape
-    L = k.shape[1]
-    logits = torch.matmul(q.float(), _expand_kv(k, h_q).float().transpose(1, 2)) * scaling
-    q_pos = torch.arange(L - n, L, device=q.device)[:, None]
-    future = torch.arange(L, device=q.device)[None, :] > q_pos
-    return logits.masked_fill(future, float("-inf")).softmax(-1)
-
-
-def attention_column_sums(q: torch.Tensor, k: torch.Tensor, scaling: float, chunk: int = 256, causal: bool = True) -> torch.Tensor:
-    """Attention every key receives, summed over ALL queries of the prompt (causal, or
-    bidirectional as in a vision encoder): ``[H_q, L]``.  Queries are processed ``chunk``
-    at a time, so memory is ``O(H * chunk * L)`` instead of ``O(H * L^2)``."""
-    h_q, L, _ = q.shape
-    ke = _expand_kv(k, h_q).float().transpose(1, 2)
-    total = torch.zeros(h_q, L, dtype=torch.float32, device=q.device)
-    cols = torch.arange(L, device=q.device)
-    for start in range(0, L, chunk):
-        stop = min(L, start + chunk)
-        logits = torch.matmul(q[:, start:stop].float(), ke) * scaling
-        if causal:
-            future = cols[None, :] > torch.arange(start, stop, device=q.device)[:, None]
-            logits = logits.masked_fill(future, float("-inf"))
-        total += logits.softmax(-1).sum(1)
-    return total
-
-
 # ----------------------------------------------------------------------------- selection
 
 
@@ -127,17 +87,6 @@ def streamingllm_select(length: int, budget: int, sink: int, n_heads: int, devic
     sink = min(sink, budget)
     keep = torch.cat([torch.arange(sink, device=device), torch.arange(length - (budget - sink), length, device=device)])
     return keep.expand(n_heads, -1).clone()
-
-
-def snapkv_scores(q_win: torch.Tensor, k: torch.Tensor, scaling: float, kernel: int, pooling: str) -> torch.Tensor:
-    """SnapKV votes: mean attention of the observation-window queries on every key,
-    smoothed by a 1-D pooling of width ``kernel`` over positions, averaged over each GQA
-    group.  ``[H_kv, L]`` (the window's own columns are scored too but never used)."""
-    attn = window_attention(q_win, k, scaling).mean(1)  # [H_q, L]
-    if kernel > 1:
-        pool = F.avg_pool1d if pooling == "avg" else F.max_pool1d
-        attn = pool(attn[:, None], kernel_size=kernel, padding=kernel // 2, stride=1)[:, 0]
-    return group_mean(attn, k.shape[0])
 
 
 def snapkv_select(q_win, k, scaling, budget, window, kernel=5, pooling="avg") -> torch.Tensor:

@@ -6,30 +6,26 @@ with their context; per KV head, the top ``budget - window`` plus the window are
 from dataclasses import dataclass
 from typing import ClassVar
 
-from ..base import register_method
+from ...errors import ConfigError
+from ..base import METHODS
 from . import scores as S
-from .base import EvictionMethod
-from .plumbing import attention_scaling
+from .base import WindowedEviction
+from ..layout.queries import attention_scaling
 
 
-@register_method
+@METHODS.register
 @dataclass
-class SnapKV(EvictionMethod):
+class SnapKV(WindowedEviction):
     name: ClassVar[str] = "snapkv"
     needs_queries: ClassVar[str] = "window"
 
-    ratio: float = 0.4  # share of the prompt kept, in (0, 1]
-    window_size: int = 0  # observation window; 0 = max(1, 10% of the budget)
     kernel: int = 5  # pooling width over positions (odd; 1 = no pooling)
     pooling: str = "avg"  # avg | max
 
     def validate(self) -> None:
         super().validate()
-        self.check_range("window_size", 0, None)
         self.check_range("kernel", 1, None)
         if self.kernel % 2 == 0:
-            from ...errors import ConfigError
-
             raise ConfigError(f"{self.name}: kernel={self.kernel} must be odd (pooling keeps the length)")
         self.check_choice("pooling", ("avg", "max"))
 

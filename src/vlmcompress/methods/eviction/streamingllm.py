@@ -5,12 +5,12 @@ the most recent ones."""
 from dataclasses import dataclass
 from typing import ClassVar
 
-from ..base import register_method
+from ..base import METHODS
 from . import scores as S
 from .base import EvictionMethod
 
 
-@register_method
+@METHODS.register
 @dataclass
 class StreamingLLM(EvictionMethod):
     name: ClassVar[str] = "streamingllm"

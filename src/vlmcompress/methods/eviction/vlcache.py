@@ -10,28 +10,27 @@ made after the prefill forward and applied in place to the cache's key/value ten
 from dataclasses import dataclass
 from typing import ClassVar
 
-import torch
 
 from ...errors import ConfigError
-from ..base import register_method
+from ..base import METHODS
 from . import scores as S
-from .base import EvictionMethod
-from .plumbing import LayerRecord, attention_scaling, layout_from_rows, row_slices
+from ...footprint import PerSampleKVCache
+from ..layout import layout_from_rows, row_slices
+from ..layout.queries import attention_scaling
+from .base import WindowedEviction
 
 
-@register_method
+@METHODS.register
 @dataclass
-class VLCache(EvictionMethod):
+class VLCache(WindowedEviction):
     name: ClassVar[str] = "vlcache"
     needs_queries: ClassVar[str] = "all"
 
-    ratio: float = 0.4  # share of the prompt kept, on average over layers, in (0, 1]
-    window_size: int = 0  # recent tokens always kept; 0 = max(1, 10% of the layer's budget)
+    # ratio: on average over layers; window_size: 10% of each layer's own budget when 0
     min_post_vision: int = 1  # post-vision queries used at least (the last ones when fewer follow the image)
 
     def validate(self) -> None:
         super().validate()
-        self.check_range("window_size", 0, None)
         self.check_range("min_post_vision", 1, None)
 
     def on_prefill_kv(self, layer, layout, attn, q_tail, keys, values):
@@ -59,14 +58,12 @@ class VLCache(EvictionMethod):
             budgets = S.vlcache_budgets([per[l][1] for l in layers], S.kv_budget(L, self.ratio), L)
             for l, b in zip(layers, budgets):
                 sel[l].append(S.top_with_window(per[l][0], b, S.recent_window(b, self.window_size)))
+        if isinstance(cache, PerSampleKVCache):
+            raise ConfigError("vlcache: narrows the cache after prefill, which a quantized KV cache (stored once, per sample) cannot undo; stack vlcache without a kv_cache method")
         for l in layers:
             layer = cache.layers[l]
-            k, v = getattr(layer, "keys", None), getattr(layer, "values", None)
-            if not isinstance(k, torch.Tensor) or k.dim() != 4:
-                raise ConfigError(f"vlcache: cache layer {type(layer).__name__} does not hold plain key/value tensors to evict from")
+            k, v = layer.keys, layer.values
             index, valid = layout_from_rows(sel[l], starts, k.device)
             layer.keys = k.gather(2, index[..., None].expand(-1, -1, -1, k.shape[-1])).contiguous()
             layer.values = v.gather(2, index[..., None].expand(-1, -1, -1, v.shape[-1])).contiguous()
-            pos = torch.where(layout.seq_valid, layout.seq_index, -1)
-            positions = pos[:, None, :].expand(-1, index.shape[1], -1).gather(2, index)
-            layout.layers[l] = LayerRecord(valid, torch.where(valid[:, None, :], positions, -1))
+            layout.record_kept(l, index, valid)

@@ -14,7 +14,7 @@ tokens, hence different block boundaries and residual lengths.  Padding position
 stored: the layer is told each row's number of left-pad tokens and drops them from the
 first states it receives; when attention reads the cache, padding positions come back as
 zeros (the attention mask hides them).  So a sample's codes, ranges and bytes are the same
-alone and inside any padded batch.  Token dropping and eviction (``eviction/plumbing.py``)
+alone and inside any padded batch.  Token dropping and eviction (``methods/layout``)
 write each row's kept entries right-aligned into a layer sized for the batch's largest
 row; before a layer's first states arrive they tell it each row's count of leading spare
 slots (``set_leading_padding``), which then count as padding: never stored, never counted.
@@ -216,9 +216,6 @@ class KVStream:
         """Bytes this stream's tensors hold (measured from their storages)."""
         return sum(_storage_bytes(t) for t in (self.packed, self.scale, self.zero, self.residual, self.outlier_idx, self.outlier_val))
 
-    def analytic_nbytes(self) -> int:
-        return analytic_bytes(self.spec, self.heads, self.head_dim, self.n_tokens, self.n_first, self.residual.element_size())
-
 
 class QuantizedKVLayer(BaseQuantizedLayer):
     """One decoder layer's quantized keys and values, stored per sample (see the module doc).
@@ -352,13 +349,13 @@ class QuantizedKVLayer(BaseQuantizedLayer):
 
 
 class QuantizedKVCache(Cache):
-    """A ``Cache`` with one :class:`QuantizedKVLayer` per decoder layer.
+    """A ``Cache`` with one :class:`QuantizedKVLayer` per decoder layer; a
+    :class:`~vlmcompress.footprint.PerSampleKVCache`.
 
-    ``set_decode_entries(entries)`` tells it how many generated entries each sample would
-    hold had it run alone (a batch keeps feeding tokens to a sample after its
-    end-of-sequence token); the byte figures are then read at that point of each layer's
-    log, whatever number of prompt tokens the layer kept (eviction may keep a different
-    number per layer and per sample).
+    Its :meth:`footprint` reads each layer's byte log at the point where each sample would
+    have stopped had it run alone (a batch keeps feeding tokens to a sample after its
+    end-of-sequence token), whatever number of prompt tokens the layer kept (eviction may
+    keep a different number per layer and per sample).
     """
 
     def __init__(self, num_layers: int, key_spec: StreamSpec, value_spec: StreamSpec, **layer_options) -> None:
@@ -367,39 +364,26 @@ class QuantizedKVCache(Cache):
         layers = [QuantizedKVLayer(key_spec, value_spec, **layer_options) for _ in range(num_layers)]
         super().__init__(layers=layers)
         self.key_spec, self.value_spec = key_spec, value_spec
-        self.decode_entries: list[int] | None = None
 
     def set_leading_padding(self, layer_idx: int, pad_lengths: list[int]) -> None:
         """Leading non-token slots of each row in the first states ``layer_idx`` receives
         (see :meth:`QuantizedKVLayer.set_leading_padding`)."""
         self.layers[layer_idx].set_leading_padding(pad_lengths)
 
-    def set_decode_entries(self, entries: list[int] | None) -> None:
-        self.decode_entries = None if entries is None else [int(n) for n in entries]
-
     def _live_layers(self) -> list[QuantizedKVLayer]:
         return [layer for layer in self.layers if layer.is_initialized]
 
-    def _records(self, entries: list[int] | None) -> list[list[tuple[int, int]]]:
-        """Per sample, per initialised layer: (real tokens, measured bytes) at its read point."""
+    def footprint(self, decode_entries: list[int] | None = None) -> list[dict]:
+        """Per sample, after its prompt and ``decode_entries[i]`` decoded entries (now, when
+        None): measured bytes (codes, scales, zeros, outliers, fp16 residual), the analytic
+        bytes with the same overheads, the fp16 ``DynamicCache`` bytes of the same tokens,
+        and the tokens held per layer (the mean over layers when they differ)."""
         layers = self._live_layers()
         if not layers:
             return []
-        entries = entries if entries is not None else self.decode_entries
-        rows = range(len(layers[0].k_rows))
-        return [[layer.record_at(r, None if entries is None else entries[r]) for layer in layers] for r in rows]
-
-    def nbytes_per_sample(self, entries: list[int] | None = None) -> list[int]:
-        """Measured bytes each sample holds (codes, scales, zeros, outliers, fp16 residual)."""
-        return [sum(nbytes for _, nbytes in recs) for recs in self._records(entries)]
-
-    def stats_per_sample(self, entries: list[int] | None = None) -> list[dict]:
-        """Per sample: measured bytes, the analytic bytes with the same overheads, the fp16
-        ``DynamicCache`` bytes of the same tokens, and the tokens held per layer (the mean
-        over layers when they differ)."""
-        layers = self._live_layers()
         out = []
-        for r, recs in enumerate(self._records(entries)):
+        for r in range(len(layers[0].k_rows)):
+            recs = [layer.record_at(r, None if decode_entries is None else decode_entries[r]) for layer in layers]
             analytic = fp16 = 0
             for layer, (n, _) in zip(layers, recs):
                 for s in (layer.k_rows[r], layer.v_rows[r]):

@@ -34,7 +34,7 @@ from typing import Literal
 import torch
 
 from ...quant.affine import dequantize, quantize, quantize_affine
-from ...quant.packing import pack, packed_length, unpack
+from ...quant.packing import pack, unpack
 
 Kind = Literal["tensor", "channel", "token"]
 KINDS: tuple[str, ...] = ("tensor", "channel", "token")

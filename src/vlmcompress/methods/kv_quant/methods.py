@@ -11,12 +11,12 @@ under the same name.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Any, ClassVar, Literal, Optional
+from typing import ClassVar, Literal, Optional
 
 import torch
 
 from ...errors import ConfigError
-from ..base import CompressionContext, CompressionMethod, register_method
+from ..base import METHODS, CompressionContext, CompressionMethod
 from . import layouts as L
 from .cache import QuantizedKVCache, StreamSpec
 
@@ -37,16 +37,10 @@ def left_pad_lengths(attention_mask: torch.Tensor | None) -> list[int] | None:
     return [int(p) for p in pads]
 
 
-def _head_dim(text_config) -> int:
-    hd = getattr(text_config, "head_dim", None)
-    return int(hd) if hd else text_config.hidden_size // text_config.num_attention_heads
-
-
 def _store_dtype(model) -> torch.dtype:
     """Residual tokens are kept in 16 bits, as in the fp16 cache they are compared with: the
     model's dtype when it is a 16-bit one, fp16 otherwise (an fp32 model on CPU)."""
-    dtype = getattr(model, "dtype", torch.float32)
-    return dtype if dtype in (torch.float16, torch.bfloat16) else torch.float16
+    return model.dtype if model.dtype in (torch.float16, torch.bfloat16) else torch.float16
 
 
 @dataclass
@@ -54,9 +48,11 @@ class KVQuantMethod(CompressionMethod):
     """Shared plumbing of the KV-cache quantizers (not registered itself)."""
 
     hook: ClassVar[str] = "kv_cache"
-    # Every subclass ends with the knob ``attend_quantized: bool = False``: False = KIVI (a
-    # token is attended at full precision in the forward that produced it, so the prompt's
-    # own attention is exact); True = attention always reads the cache as stored.
+
+    # False = KIVI: a token is attended at full precision in the forward that produced it,
+    # so the prompt's own attention is exact; True = attention always reads the cache as
+    # stored, the prompt's own attention included (see cache.py)
+    attend_quantized: bool = False
 
     def stream_specs(self) -> tuple[StreamSpec, StreamSpec]:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -80,26 +76,20 @@ class KVQuantMethod(CompressionMethod):
         self.check_fits(head_dim)
         key_spec, value_spec = self.stream_specs()
         return QuantizedKVCache(
-            num_layers, key_spec, value_spec, pad_lengths=pad_lengths, store_dtype=store_dtype, attend_quantized=bool(getattr(self, "attend_quantized", False))
+            num_layers, key_spec, value_spec, pad_lengths=pad_lengths, store_dtype=store_dtype, attend_quantized=self.attend_quantized
         )
 
     def make_cache(self, ctx: CompressionContext, batch: dict) -> QuantizedKVCache:
-        cfg = ctx.adapter.text_config
-        layer_types = set(getattr(cfg, "layer_types", None) or ["full_attention"])
-        if layer_types - {"full_attention"}:
-            raise ConfigError(f"{self.name}: only full-attention decoders are supported; this model has layer types {sorted(layer_types)}")
-        return self.build_cache(cfg.num_hidden_layers, _head_dim(cfg), left_pad_lengths(batch.get("attention_mask")), _store_dtype(ctx.model))
-
-    def after_generate(self, ctx: CompressionContext, batch: dict, cache: Any) -> list[dict[str, Any]] | None:
-        if not isinstance(cache, QuantizedKVCache):
-            return None
-        return cache.stats_per_sample()
+        adapter = ctx.adapter
+        adapter.require_full_attention(self.name)
+        n_layers = adapter.text_config.num_hidden_layers
+        return self.build_cache(n_layers, adapter.text_head_dim, left_pad_lengths(batch.get("attention_mask")), _store_dtype(ctx.model))
 
     def check_bits(self) -> None:
         self.check_choice("bits", L.KV_BITS)
 
 
-@register_method
+@METHODS.register
 @dataclass
 class KVUniform(KVQuantMethod):
     """Uniform KV quantization ("u" in LVLM-Compress-Bench, Khanal et al. 2025; GEAR's
@@ -112,7 +102,6 @@ class KVUniform(KVQuantMethod):
 
     name: ClassVar[str] = "kv_uniform"
     bits: int = 4  # code width: 2, 3, 4 or 8
-    attend_quantized: bool = False  # True: even the prompt's own attention reads its quantized K/V (see cache.py)
 
     def validate(self) -> None:
         self.check_bits()
@@ -122,7 +111,7 @@ class KVUniform(KVQuantMethod):
         return spec, spec
 
 
-@register_method
+@METHODS.register
 @dataclass
 class KVOutlier(KVQuantMethod):
     """Outlier-aware KV quantization ("o" in LVLM-Compress-Bench; the dense + sparse split of
@@ -137,7 +126,6 @@ class KVOutlier(KVQuantMethod):
     name: ClassVar[str] = "kv_outlier"
     bits: int = 4  # code width: 2, 3, 4 or 8
     outlier_frac: float = 0.01  # share of values kept in fp16 (papers: 0.01–0.10)
-    attend_quantized: bool = False  # True: even the prompt's own attention reads its quantized K/V (see cache.py)
 
     def validate(self) -> None:
         self.check_bits()
@@ -170,7 +158,7 @@ def _validate_group(method: CompressionMethod, k_axis: str, k_group: int, v_axis
         )
 
 
-@register_method
+@METHODS.register
 @dataclass
 class KVGroup(KVQuantMethod):
     """Group-wise KV quantization with an fp16 residual window ("g" in LVLM-Compress-Bench;
@@ -193,7 +181,6 @@ class KVGroup(KVQuantMethod):
     v_group: int = 128  # values: tokens (channel axis) or channels (token axis) per group
     residual: int = 128  # R: fp16 window in tokens; a multiple of k_group when k_axis=channel
     label: Optional[str] = None  # e.g. "g-KC128VT128": sets k_axis/k_group/v_axis/v_group
-    attend_quantized: bool = False  # True: even the prompt's own attention reads its quantized K/V (see cache.py)
 
     def __post_init__(self) -> None:
         if self.label is None:
@@ -221,7 +208,7 @@ class KVGroup(KVQuantMethod):
         return _group_specs(self.bits, self.k_axis, self.k_group, self.v_axis, self.v_group, self.residual)
 
 
-@register_method
+@METHODS.register
 @dataclass
 class Kivi(KVQuantMethod):
     """KIVI (Liu et al. 2024, "KIVI: A Tuning-Free Asymmetric 2bit Quantization for KV
@@ -235,7 +222,6 @@ class Kivi(KVQuantMethod):
     bits: int = 2  # code width: 2, 3, 4 or 8
     group: int = 32  # G: tokens per key group, channels per value group
     residual: int = 128  # R: fp16 window in tokens, a multiple of group
-    attend_quantized: bool = False  # True: even the prompt's own attention reads its quantized K/V (see cache.py)
 
     def validate(self) -> None:
         self.check_bits()

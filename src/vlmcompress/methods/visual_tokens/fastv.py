@@ -8,14 +8,14 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from ...errors import ConfigError
-from ..base import register_method
-from ..eviction import scores as S
-from ..eviction.base import LayoutMethod
-from ..eviction.plumbing import attention_scaling, row_slices
+from ..base import METHODS
+from ..layout import LayoutMethod, row_slices
+from ..layout import attention as A
+from ..layout.queries import attention_scaling
 from .select import fastv_keep
 
 
-@register_method
+@METHODS.register
 @dataclass
 class FastV(LayoutMethod):
     name: ClassVar[str] = "fastv"
@@ -48,9 +48,9 @@ class FastV(LayoutMethod):
         scale = attention_scaling(attn)
         for r, L, k_row, q_row, start in row_slices(layout, keys, q_tail):
             if self.query == "last":
-                scores = S.window_attention(q_row, k_row, scale)[:, 0].mean(0)
+                scores = A.window_attention(q_row, k_row, scale)[:, 0].mean(0)
             else:
-                scores = S.attention_column_sums(q_row, k_row, scale, self.chunk).mean(0) / L
+                scores = A.attention_column_sums(q_row, k_row, scale, self.chunk).mean(0) / L
             keep[r, start:] = fastv_keep(scores, image[r, start:], self.ratio)
         layout.scratch["fastv_keep"] = keep
         return None  # layer K-1 itself stores everything

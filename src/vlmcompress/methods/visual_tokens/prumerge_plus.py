@@ -16,12 +16,12 @@ from typing import ClassVar
 
 import torch
 
-from ..base import register_method
+from ..base import METHODS
 from .select import prumerge_merge, prumerge_plus_select, visual_budget
 from .vision_hooks import VisionTokenMethod
 
 
-@register_method
+@METHODS.register
 @dataclass
 class PruMergePlus(VisionTokenMethod):
     name: ClassVar[str] = "prumerge_plus"

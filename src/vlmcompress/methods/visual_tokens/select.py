@@ -11,7 +11,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..eviction.scores import attention_column_sums
+from ..layout.attention import attention_column_sums
 
 
 def visual_budget(n_visual: int, ratio: float) -> int:

@@ -23,30 +23,21 @@ Two tower shapes:
   the concatenation of its patches' head-averaged keys, and merging averages whole
   windows (all ``m*m`` patch rows at once) before the merger's LayerNorm and MLP, so a
   merged token is still one merger input.  Budgets count LLM tokens, per image.
-  Qwen2.5-VL (window-attention tower that permutes windows before the merger) is
-  refused.
+
+Which shape a model has, and where its scored attention sits, is the adapter's answer
+(:meth:`~vlmcompress.models.base.ModelAdapter.vision_scoring`); a family it cannot serve
+is refused there with the reason.
 """
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 
-from ...errors import ConfigError
-from ..eviction.base import LayoutMethod
-from ...models.base import find_module
+from ..layout import LayoutMethod
 from .select import group_tokens, received_attention
-
-
-def find_layers(tower: torch.nn.Module) -> torch.nn.ModuleList:
-    """The vision encoder's list of layers (CLIP/SigLIP ``layers``, Qwen2-VL ``blocks``)."""
-    layers = find_module(tower, ("layers", "blocks"))
-    if not isinstance(layers, torch.nn.ModuleList):
-        raise ConfigError(f"{type(tower).__name__}: no encoder layer list found")
-    return layers
 
 
 @dataclass
@@ -54,6 +45,14 @@ class VisionTokenMethod(LayoutMethod):
     hook: ClassVar[str] = "vision"
 
     ratio: float = 0.4  # share of the visual tokens kept, in (0, 1]
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._captured: dict[str, torch.Tensor] = {}
+        self._pending_keep: torch.Tensor | None = None
+        self._handles: list = []
+        self._group = 1
+        self._rotary = None
 
     def validate(self) -> None:
         self.check_range("ratio", 0, 1, low_open=True)
@@ -68,13 +67,24 @@ class VisionTokenMethod(LayoutMethod):
 
     # ---------------------------------------------------------------- hooks
     def setup(self, ctx) -> None:
-        self._captured: dict[str, torch.Tensor] = {}
+        self._captured = {}
         self._pending_keep = None
-        group = ctx.adapter.vision_token_group
-        self._handles = self._cls_hooks(ctx) if group is None else self._merger_hooks(ctx, group)
+        site = ctx.adapter.vision_scoring(self.name)
+        if site.kind == "cls":
+            self._handles = [
+                site.attention.register_forward_pre_hook(self._capture_cls, with_kwargs=True),
+                site.projector.register_forward_pre_hook(self._rewrite_cls, with_kwargs=True),
+            ]
+        else:
+            self._group, self._rotary = site.group, site.rotary
+            self._handles = [
+                ctx.adapter.vision_tower.register_forward_pre_hook(self._capture_grid, with_kwargs=True),
+                site.attention.register_forward_pre_hook(self._capture_received, with_kwargs=True),
+                site.projector.register_forward_pre_hook(self._rewrite_groups, with_kwargs=True),
+            ]
 
     def teardown(self, ctx) -> None:
-        for h in getattr(self, "_handles", []):
+        for h in self._handles:
             h.remove()
         self._handles = []
 
@@ -89,26 +99,6 @@ class VisionTokenMethod(LayoutMethod):
         return torch.cat(new)
 
     # -------------------------------------------------- CLS towers (LLaVA family)
-    def _cls_hooks(self, ctx) -> list:
-        model, adapter = ctx.model, ctx.adapter
-        cfg = model.config
-        layer = getattr(cfg, "vision_feature_layer", None)
-        strategy = getattr(cfg, "vision_feature_select_strategy", None)
-        if not isinstance(layer, int) or strategy not in ("default", "full"):
-            raise ConfigError(
-                f"{self.name}: needs a vision tower with a CLS token and one feature layer (LLaVA family), "
-                f"or a patch-merger tower (Qwen2-VL); {type(model).__name__} is not supported"
-            )
-        layers = find_layers(adapter.vision_tower)
-        idx = len(layers) + layer if layer < 0 else layer - 1  # hidden_states[i] is layer i-1's output
-        if not 0 <= idx < len(layers):
-            raise ConfigError(f"{self.name}: vision_feature_layer={layer} does not name an encoder layer")
-        attn = layers[idx].self_attn
-        return [
-            attn.register_forward_pre_hook(self._capture_cls, with_kwargs=True),
-            adapter.projector.register_forward_pre_hook(self._rewrite_cls, with_kwargs=True),
-        ]
-
     def _capture_cls(self, attn, args, kwargs):
         h = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
         n, T, _ = h.shape
@@ -136,26 +126,6 @@ class VisionTokenMethod(LayoutMethod):
         return _replace_first(args, kwargs, "image_features", self._emit([f[None] for f in new], keeps))
 
     # -------------------------------------------------- merger towers (Qwen2-VL)
-    def _merger_hooks(self, ctx, group: int) -> list:
-        tower = ctx.adapter.vision_tower
-        if hasattr(tower, "fullatt_block_indexes") or hasattr(tower, "window_size"):
-            raise ConfigError(
-                f"{self.name}: {type(tower).__name__} permutes patches into attention windows before its merger "
-                "(Qwen2.5-VL); only Qwen2-VL's merger tower is supported"
-            )
-        attn = getattr(find_layers(tower)[-1], "attn", None)
-        if attn is None or not hasattr(attn, "qkv"):
-            raise ConfigError(f"{self.name}: the last block of {type(tower).__name__} has no fused qkv attention")
-        self._group = group
-        self._rotary = getattr(sys.modules[type(attn).__module__], "apply_rotary_pos_emb_vision", None)
-        if self._rotary is None:
-            raise ConfigError(f"{self.name}: no apply_rotary_pos_emb_vision in {type(attn).__module__}")
-        return [
-            tower.register_forward_pre_hook(self._capture_grid, with_kwargs=True),
-            attn.register_forward_pre_hook(self._capture_received, with_kwargs=True),
-            ctx.adapter.projector.register_forward_pre_hook(self._rewrite_groups, with_kwargs=True),
-        ]
-
     def _capture_grid(self, tower, args, kwargs):
         grid = kwargs["grid_thw"] if "grid_thw" in kwargs else (args[1] if len(args) > 1 else None)
         self._captured = {} if grid is None else {"grid": grid.detach()}
@@ -194,7 +164,7 @@ class VisionTokenMethod(LayoutMethod):
         return _replace_first(args, kwargs, "x", self._emit(new, keeps))
 
     def keep_before(self, layer, layout):
-        visual = getattr(self, "_pending_keep", None)
+        visual = self._pending_keep
         if layer != 0 or visual is None:
             return None
         self._pending_keep = None

@@ -17,12 +17,12 @@ from typing import ClassVar
 
 import torch
 
-from ..base import register_method
+from ..base import METHODS
 from .select import merge_into_targets, visionzip_select, visual_budget
 from .vision_hooks import VisionTokenMethod
 
 
-@register_method
+@METHODS.register
 @dataclass
 class VisionZip(VisionTokenMethod):
     name: ClassVar[str] = "visionzip"

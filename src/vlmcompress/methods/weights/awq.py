@@ -3,34 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Callable
 
 import torch
 from torch import nn
 
 from ...quant import fake_quantize
-from ..base import register_method
+from ..base import METHODS
 from .calibration import BlockRun, StatKinds
 from .common import WeightQuantizer, install_quantized
 from .packed import PARAM_DTYPE
 from .rtn import rtn_quantize_weight
 
-# The op whose output feeds a Linear, by the Linear's name inside its block: folding
-# 1/s into it keeps the float model unchanged.  Llama / Qwen2 decoders, CLIP and
-# Qwen2-VL vision blocks.  A Linear with no entry (or whose predecessor's width does
-# not match, e.g. v_proj -> o_proj under grouped-query attention) gets no scale (α = 0).
-PREDECESSORS: dict[str, tuple[str, ...]] = {
-    "self_attn.q_proj": ("input_layernorm", "layer_norm1"),
-    "self_attn.k_proj": ("input_layernorm", "layer_norm1"),
-    "self_attn.v_proj": ("input_layernorm", "layer_norm1"),
-    "self_attn.o_proj": ("self_attn.v_proj",),
-    "self_attn.out_proj": ("self_attn.v_proj",),
-    "mlp.gate_proj": ("post_attention_layernorm",),
-    "mlp.up_proj": ("post_attention_layernorm",),
-    "mlp.down_proj": ("mlp.up_proj",),
-    "mlp.fc1": ("layer_norm2", "norm2"),
-    "attn.qkv": ("norm1",),
-}
 NO_CLIP = ("q_proj", "k_proj", "qkv")  # their outputs go through a softmax: llm-awq skips clipping them
 
 
@@ -119,15 +103,16 @@ def fold_scales(prev: nn.Module, linears: list[nn.Linear], s: torch.Tensor) -> N
         lin.weight.mul_(s.reshape(1, -1).to(lin.weight.dtype))
 
 
-def _find_groups(model: nn.Module, names: list[str]) -> tuple[list[tuple[str, list[str]]], list[str]]:
+def _find_groups(model: nn.Module, names: list[str], predecessors: dict[str, tuple[str, ...]]) -> tuple[list[tuple[str, list[str]]], list[str]]:
     """Group target Linears by the op that feeds them: ``[(prev name, [linear names])]``
-    plus the Linears without a foldable predecessor."""
+    plus the Linears without a foldable predecessor.  ``predecessors``: the model
+    family's table (:attr:`~vlmcompress.models.base.ModelAdapter.scale_predecessors`)."""
     modules = dict(model.named_modules())
     groups: dict[str, list[str]] = {}
     loose: list[str] = []
     for name in names:
         prev_name = None
-        for suffix, candidates in PREDECESSORS.items():
+        for suffix, candidates in predecessors.items():
             if name.endswith("." + suffix):
                 base = name[: -len(suffix)]
                 for c in candidates:
@@ -147,7 +132,7 @@ def _find_groups(model: nn.Module, names: list[str]) -> tuple[list[tuple[str, li
     return list(groups.items()), loose
 
 
-@register_method
+@METHODS.register
 @dataclass
 class AWQ(WeightQuantizer):
     """AWQ (Lin et al., "AWQ: Activation-aware Weight Quantization for LLM Compression
@@ -167,12 +152,8 @@ class AWQ(WeightQuantizer):
     needs_calibration = True
     stat_kinds = StatKinds(abs_mean=True, keep_tokens=512)
 
-    bits: int = 4  # code width: 2, 3, 4, 8 (16 = unchanged)
-    group_size: int = 128  # input columns per (scale, zero); must divide every target's in_features
     n_grid: int = 20  # α grid size
     clip: bool = True  # search a per-group clip threshold after scaling (llm-awq auto_clip)
-    storage: Literal["simulated", "packed"] = "simulated"  # packed: codes stay packed, dequantized in forward
-    targets: str = "decoder"  # parts (decoder, vision, projector, lm_head) or regexes, joined by '+'
 
     def validate(self) -> None:
         super().validate()
@@ -183,7 +164,7 @@ class AWQ(WeightQuantizer):
     def process(self, ctx, linears, stats, block: BlockRun | None, report) -> None:
         model = ctx.model
         modules = dict(model.named_modules())
-        groups, loose = _find_groups(model, list(linears))
+        groups, loose = _find_groups(model, list(linears), ctx.adapter.scale_predecessors)
         reference = block.outputs() if block is not None else None
         alphas: dict[str, float] = {}
         chosen: list[tuple[str, list[str], torch.Tensor]] = []

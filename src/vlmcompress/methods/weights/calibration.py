@@ -27,6 +27,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from ...errors import ConfigError
 from ...models.base import ModelAdapter
 
 
@@ -132,10 +133,6 @@ def _with_hidden(args: tuple, kwargs: dict, hidden: torch.Tensor) -> tuple[tuple
     if args:
         return (hidden,) + tuple(args[1:]), kwargs
     return args, {**kwargs, "hidden_states": hidden}
-
-
-def _first_hidden(args: tuple, kwargs: dict) -> torch.Tensor:
-    return args[0] if args else kwargs["hidden_states"]
 
 
 @dataclass
@@ -254,16 +251,11 @@ class SequentialPass:
 def calibration_batches(ctx) -> tuple[list[dict], dict[str, Any]]:
     """The context's calibration batches and what to record about them."""
     if ctx.calibration is None:
-        from ...errors import ConfigError
-
         raise ConfigError("this weight method needs calibration data, but the run supplies none")
-    batches = ctx.calibration(None, None)
+    source = ctx.calibration
+    batches = source.batches()
     n = sum(int(b["input_ids"].shape[0]) for b in batches)
-    info: dict[str, Any] = {"calibration_samples": n}
-    for attr, key in (("task", "calibration_task"), ("seed", "calibration_seed"), ("samples", "calibration_samples_requested")):
-        value = getattr(ctx.calibration, attr, None)
-        if value is not None:
-            info[key] = value
+    info: dict[str, Any] = {"calibration_samples": n, **source.describe()}
     return batches, info
 
 

@@ -9,13 +9,14 @@ every target layer *before* any weight changes) is here.
 from __future__ import annotations
 
 import time
-from typing import ClassVar
+from dataclasses import dataclass
+from typing import ClassVar, Literal
 
 import torch
 from torch import nn
 
 from ...errors import ConfigError
-from ...eval.memory import model_weight_bytes
+from ...footprint import model_weight_bytes
 from ...quant import block_size_for
 from ..base import CompressionContext, CompressionMethod
 from .calibration import BlockRun, InputStats, SequentialPass, StatKinds, calibration_batches
@@ -28,15 +29,17 @@ STORAGES = ("simulated", "packed")
 
 
 class WeightMethod(CompressionMethod):
-    """Base of the weight methods (not registered itself)."""
+    """Base of the weight methods (not registered itself).  Its subclasses' knob bases
+    (:class:`WeightQuantizer`, :class:`~.pruning.WeightPruner`) declare ``targets``."""
 
     hook: ClassVar[str] = "weights"
     needs_calibration: ClassVar[bool] = False
     stat_kinds: ClassVar[StatKinds] = StatKinds()
     storage_kind: ClassVar[str] = "simulated"
+    targets: str  # a knob: declared (with its default) by the knob bases below
 
     def validate(self) -> None:
-        parse_targets(self.targets)  # type: ignore[attr-defined]
+        parse_targets(self.targets)
 
     # ---------------------------------------------------------------- subclass hooks
     def check_layers(self, linears: dict[str, nn.Linear]) -> None:
@@ -54,7 +57,7 @@ class WeightMethod(CompressionMethod):
     # ---------------------------------------------------------------- driver
     def prepare(self, ctx: CompressionContext) -> None:
         model = ctx.model
-        targets = select_linears(model, ctx.adapter, self.targets)  # type: ignore[attr-defined]
+        targets = select_linears(model, ctx.adapter, self.targets)
         original = model_weight_bytes(model)
         report = MemoryReport()
         if self.is_noop():
@@ -80,10 +83,15 @@ class WeightMethod(CompressionMethod):
         """Work done once before the block-by-block pass (ECoFLaP's layer scores)."""
 
 
+@dataclass
 class WeightQuantizer(WeightMethod):
     """Base of the weight quantizers (rtn, outlier, awq, gptq; not registered itself):
-    the knobs ``bits`` (16 = leave the weights unchanged), ``storage`` and ``group_size``
-    mean the same in each, and are checked here once."""
+    the knobs that mean the same in each, declared and checked here once."""
+
+    bits: int = 4  # code width: 2, 3, 4, 8 (16 = unchanged)
+    group_size: int = 128  # input columns per (scale, zero) group; must divide every target's in_features
+    storage: Literal["simulated", "packed"] = "simulated"  # packed: codes stay packed, dequantized in forward
+    targets: str = "decoder"  # parts (decoder, vision, projector, lm_head) or regexes, joined by '+'
 
     def validate(self) -> None:
         super().validate()
@@ -91,10 +99,10 @@ class WeightQuantizer(WeightMethod):
         self.check_choice("storage", STORAGES)
 
     def is_noop(self) -> bool:
-        return self.bits == 16  # type: ignore[attr-defined]
+        return self.bits == 16
 
     def storage_mode(self) -> str:
-        return self.storage  # type: ignore[attr-defined]
+        return self.storage
 
     def uses_groups(self) -> bool:
         """Whether ``group_size`` splits the input columns in this setting."""
@@ -102,13 +110,16 @@ class WeightQuantizer(WeightMethod):
 
     def check_layers(self, linears: dict[str, nn.Linear]) -> None:
         if self.uses_groups():
-            check_group_size(self.name, self.group_size, linears)  # type: ignore[attr-defined]
+            check_group_size(self.name, self.group_size, linears)
 
 
+@dataclass
 class GranularWeightQuantizer(WeightQuantizer):
     """A quantizer applied layer by layer without calibration, one (scale, zero) per
     tensor, output channel or group of ``group_size`` input columns (``granularity``):
     rtn and outlier.  Subclasses say how one weight is quantized."""
+
+    granularity: Literal["tensor", "channel", "group"] = "group"  # what one (scale, zero) covers
 
     def validate(self) -> None:
         super().validate()
@@ -116,15 +127,15 @@ class GranularWeightQuantizer(WeightQuantizer):
         self.check_range("group_size", 1)
 
     def uses_groups(self) -> bool:
-        return self.granularity == "group"  # type: ignore[attr-defined]
+        return self.granularity == "group"
 
     def quantize_weight(self, weight: torch.Tensor, block_size: tuple[int, ...]) -> QuantizedWeight:
         raise NotImplementedError
 
     def process(self, ctx, linears, stats, block, report) -> None:
         for name, lin in linears.items():
-            block_size = block_size_for(lin.weight.shape, self.granularity, self.group_size)  # type: ignore[attr-defined]
-            install_quantized(ctx.model, name, lin, self.quantize_weight(lin.weight, block_size), self.storage, report)  # type: ignore[attr-defined]
+            block_size = block_size_for(lin.weight.shape, self.granularity, self.group_size)
+            install_quantized(ctx.model, name, lin, self.quantize_weight(lin.weight, block_size), self.storage, report)
 
 
 def check_group_size(method: str, group_size: int, linears: dict[str, nn.Linear]) -> None:

@@ -9,7 +9,7 @@ from typing import Callable
 import torch
 
 from ...errors import ConfigError
-from ..base import register_method
+from ..base import METHODS
 from .calibration import lm_loss
 from .targets import block_index_of
 from .wanda import Wanda
@@ -70,7 +70,7 @@ def allocate_sparsity(scores: list[float], sizes: list[int], target: float, max_
     return [float(1 - d) for d in kept(hi)]
 
 
-@register_method
+@METHODS.register
 @dataclass
 class ECoFLaP(Wanda):
     """ECoFLaP (Sung et al., "ECoFLaP: Efficient Coarse-to-Fine Layer-Wise Pruning for
@@ -90,6 +90,10 @@ class ECoFLaP(Wanda):
     epsilon: float = 1e-3  # perturbation size of the zeroth-order estimate
     n_directions: int = 1  # random directions averaged per block
     seed: int = 0  # seed of the random directions
+
+    def __post_init__(self) -> None:
+        self._block_of: dict[str, int] = {}  # target name -> decoder block, once scored
+        self._block_sparsity: dict[int, float] = {}
 
     def validate(self) -> None:
         super().validate()
@@ -118,7 +122,7 @@ class ECoFLaP(Wanda):
         report.notes["ecoflap_block_sparsity"] = [self._block_sparsity.get(i, 0.0) for i in range(n_blocks)]
 
     def layer_sparsity(self, name: str) -> float:
-        block = getattr(self, "_block_of", {}).get(name)
+        block = self._block_of.get(name)
         if block is None:
             return self.sparsity
         return self._block_sparsity.get(block, self.sparsity)

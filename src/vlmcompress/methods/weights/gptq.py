@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 
 from ...quant import choose_qparams
-from ..base import register_method
+from ..base import METHODS
 from .calibration import StatKinds
 from .common import WeightQuantizer, install_quantized
 from .packed import PARAM_DTYPE, QuantizedWeight
@@ -129,7 +128,7 @@ def gptq_quantize(
     return codes, scales, zeros
 
 
-@register_method
+@METHODS.register
 @dataclass
 class GPTQ(WeightQuantizer):
     """GPTQ (Frantar et al., "GPTQ: Accurate Post-Training Quantization for Generative
@@ -145,14 +144,11 @@ class GPTQ(WeightQuantizer):
     needs_calibration = True
     stat_kinds = StatKinds(hessian=True)
 
-    bits: int = 4  # code width: 2, 3, 4, 8 (16 = unchanged)
     group_size: int = 128  # input columns per (scale, zero); 0 = one group per output row
     damp: float = 0.01  # dampening, as a fraction of the mean Hessian diagonal
     block_size: int = 128  # columns per lazy-update block (speed only; the result is the same)
     act_order: bool = False  # quantize columns in order of decreasing H_ii
     symmetric: bool = False  # symmetric quantizer
-    storage: Literal["simulated", "packed"] = "simulated"  # packed: codes stay packed, dequantized in forward
-    targets: str = "decoder"  # parts (decoder, vision, projector, lm_head) or regexes, joined by '+'
 
     def validate(self) -> None:
         super().validate()

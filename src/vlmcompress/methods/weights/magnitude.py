@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 
-from ..base import register_method
+from ..base import METHODS
 from .pruning import WeightPruner, apply_pruned
 
 
@@ -20,7 +19,7 @@ def magnitude_mask(weight: torch.Tensor, sparsity: float, nm: tuple[int, int] | 
     return nm_prune_mask(score, *nm) if nm is not None else layer_prune_mask(score, sparsity)
 
 
-@register_method
+@METHODS.register
 @dataclass
 class Magnitude(WeightPruner):
     """Magnitude pruning (Han et al., "Learning both Weights and Connections for
@@ -29,9 +28,6 @@ class Magnitude(WeightPruner):
 
     name = "magnitude"
 
-    sparsity: float = 0.5  # fraction of each layer's weights removed, in [0, 1)
-    nm: Optional[str] = None  # "N:M" (e.g. 2:4): keep N of every M consecutive inputs; overrides sparsity
-    targets: str = "decoder"  # parts (decoder, vision, projector, lm_head) or regexes, joined by '+'
 
     def process(self, ctx, linears, stats, block, report) -> None:
         for _, lin in linears.items():

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ...eval.memory import model_weight_bytes
+from ...footprint import model_weight_bytes
 
 
 def quant_bits_analytic(out_f: int, in_f: int, bits: int, block_size: tuple[int, int], zero_point: str, nnz: int = 0) -> int:

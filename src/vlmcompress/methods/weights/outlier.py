@@ -8,7 +8,7 @@ from typing import Literal
 import torch
 
 from ...quant import choose_qparams, quantize
-from ..base import register_method
+from ..base import METHODS
 from .common import GranularWeightQuantizer
 from .packed import PARAM_DTYPE, QuantizedWeight, sparse_outliers
 
@@ -44,7 +44,7 @@ def outlier_quantize_weight(weight: torch.Tensor, bits: int, block_size: tuple[i
     return QuantizedWeight.from_codes(codes, scale, zero, bits, block_size, zero_point, outliers=sparse_outliers(w, mask) if mask.any() else None)
 
 
-@register_method
+@METHODS.register
 @dataclass
 class Outlier(GranularWeightQuantizer):
     """Dense-and-sparse outlier quantization (the "outlier" scheme of GEAR, Kang et al.
@@ -55,13 +55,9 @@ class Outlier(GranularWeightQuantizer):
 
     name = "outlier"
 
-    bits: int = 4  # code width: 2, 3, 4, 8 (16 = unchanged)
     outlier_frac: float = 0.01  # fraction of each layer's weights kept in fp16, 0.01-0.10
     mode: Literal["magnitude", "signed"] = "magnitude"  # largest |w|, or half largest + half smallest signed
     granularity: Literal["tensor", "channel", "group"] = "channel"  # what one (scale, zero) of the inliers covers
-    group_size: int = 128  # input columns per group (granularity=group)
-    storage: Literal["simulated", "packed"] = "simulated"  # packed: codes and outliers stay packed
-    targets: str = "decoder"  # parts (decoder, vision, projector, lm_head) or regexes, joined by '+'
 
     def validate(self) -> None:
         super().validate()

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
@@ -56,36 +58,34 @@ def nm_prune_mask(score: torch.Tensor, n: int, m: int) -> torch.Tensor:
     return mask.reshape(rows, cols)
 
 
+@dataclass
 class WeightPruner(WeightMethod):
-    """Base of the pruning methods: ``sparsity`` (fraction removed) or ``nm``."""
+    """Base of the pruning methods: the knobs they share, declared and checked here once."""
 
     storage_kind = "dense"
 
+    sparsity: float = 0.5  # fraction of the weights removed (per output row, or per layer for magnitude), in [0, 1)
+    nm: Optional[str] = None  # "N:M" (e.g. 2:4): keep N of every M consecutive inputs; overrides sparsity
+    targets: str = "decoder"  # parts (decoder, vision, projector, lm_head) or regexes, joined by '+'
+
     def validate(self) -> None:
         super().validate()
-        self.check_range("sparsity", 0, 1, high_open=True)  # type: ignore[attr-defined]
-        parse_nm(self.nm)  # type: ignore[attr-defined]
+        self.check_range("sparsity", 0, 1, high_open=True)
+        parse_nm(self.nm)
 
     @property
     def n_m(self) -> tuple[int, int] | None:
-        return parse_nm(self.nm)  # type: ignore[attr-defined]
+        return parse_nm(self.nm)
 
     def is_noop(self) -> bool:
-        return self.n_m is None and self.sparsity == 0  # type: ignore[attr-defined]
+        return self.n_m is None and self.sparsity == 0
 
     def check_layers(self, linears) -> None:
         nm = self.n_m
         if nm is not None:
             for name, lin in linears.items():
                 if lin.in_features % nm[1]:
-                    raise ConfigError(f"{self.name}: nm={self.nm} needs input features divisible by {nm[1]}; layer {name!r} has {lin.in_features}")  # type: ignore[attr-defined]
-
-    def mask_from_score(self, score: torch.Tensor, per_row: bool = True, sparsity: float | None = None) -> torch.Tensor:
-        nm = self.n_m
-        if nm is not None:
-            return nm_prune_mask(score, *nm)
-        s = self.sparsity if sparsity is None else sparsity  # type: ignore[attr-defined]
-        return row_prune_mask(score, s) if per_row else layer_prune_mask(score, s)
+                    raise ConfigError(f"{self.name}: nm={self.nm} needs input features divisible by {nm[1]}; layer {name!r} has {lin.in_features}")
 
 
 def apply_pruned(lin, new_weight: torch.Tensor, report, n_m) -> None:

@@ -8,7 +8,7 @@ from typing import Literal
 import torch
 
 from ...quant import quantize_affine
-from ..base import register_method
+from ..base import METHODS
 from .common import GranularWeightQuantizer
 from .packed import PARAM_DTYPE, QuantizedWeight
 
@@ -20,7 +20,7 @@ def rtn_quantize_weight(weight: torch.Tensor, bits: int, block_size: tuple[int, 
     return QuantizedWeight.from_codes(codes, scale, zero, bits, block_size, zero_point)
 
 
-@register_method
+@METHODS.register
 @dataclass
 class RTN(GranularWeightQuantizer):
     """Round-to-nearest uniform quantization of Linear weights (no calibration data).
@@ -34,13 +34,8 @@ class RTN(GranularWeightQuantizer):
 
     name = "rtn"
 
-    bits: int = 4  # code width: 2, 3, 4, 8 (16 = unchanged)
-    granularity: Literal["tensor", "channel", "group"] = "group"  # what one (scale, zero) covers
-    group_size: int = 128  # input columns per group (granularity=group); must divide every target's in_features
     symmetric: bool = False  # symmetric around 0 (scale = max|w| / (2^(b-1)-1)) instead of min/max
     zero_point: Literal["float", "int"] = "float"  # float zero = block min (GEAR); int zero = code of 0.0 (AutoAWQ)
-    storage: Literal["simulated", "packed"] = "simulated"  # packed: codes stay packed, dequantized in forward
-    targets: str = "decoder"  # parts (decoder, vision, projector, lm_head) or regexes, joined by '+'
 
     def validate(self) -> None:
         super().validate()

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 
-from ..base import register_method
+from ..base import METHODS
 from .calibration import StatKinds
 from .gptq import _prepare_hessian, damped_inverse_cholesky
 from .pruning import WeightPruner, apply_pruned
@@ -77,7 +76,7 @@ def sparsegpt_prune(
     return W.masked_fill(mask, 0), mask
 
 
-@register_method
+@METHODS.register
 @dataclass
 class SparseGPT(WeightPruner):
     """SparseGPT (Frantar & Alistarh, "SparseGPT: Massive Language Models Can Be
@@ -93,11 +92,8 @@ class SparseGPT(WeightPruner):
     needs_calibration = True
     stat_kinds = StatKinds(hessian=True)
 
-    sparsity: float = 0.5  # fraction of each row's weights removed, in [0, 1)
-    nm: Optional[str] = None  # "N:M" (e.g. 2:4): keep N of every M consecutive inputs; overrides sparsity
     damp: float = 0.01  # dampening, as a fraction of the mean Hessian diagonal
     block_size: int = 128  # columns per block (mask selection and lazy updates)
-    targets: str = "decoder"  # parts (decoder, vision, projector, lm_head) or regexes, joined by '+'
 
     def validate(self) -> None:
         super().validate()

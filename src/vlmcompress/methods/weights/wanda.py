@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 
-from ..base import register_method
+from ..base import METHODS
 from .calibration import StatKinds
 from .pruning import WeightPruner, apply_pruned, nm_prune_mask, row_prune_mask
 
@@ -24,7 +23,7 @@ def wanda_mask(weight: torch.Tensor, col_norm: torch.Tensor, sparsity: float, nm
     return nm_prune_mask(score, *nm) if nm is not None else row_prune_mask(score, sparsity)
 
 
-@register_method
+@METHODS.register
 @dataclass
 class Wanda(WeightPruner):
     """Wanda (Sun et al., "A Simple and Effective Pruning Approach for Large Language
@@ -40,9 +39,6 @@ class Wanda(WeightPruner):
     needs_calibration = True
     stat_kinds = StatKinds(sq_norm=True)
 
-    sparsity: float = 0.5  # fraction of each row's weights removed, in [0, 1)
-    nm: Optional[str] = None  # "N:M" (e.g. 2:4): keep N of every M consecutive inputs; overrides sparsity
-    targets: str = "decoder"  # parts (decoder, vision, projector, lm_head) or regexes, joined by '+'
 
     def layer_sparsity(self, name: str) -> float:
         return self.sparsity

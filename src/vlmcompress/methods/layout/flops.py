@@ -26,15 +26,14 @@ class DecoderShape:
     layers: int
 
     @classmethod
-    def from_config(cls, cfg) -> "DecoderShape":
-        heads = cfg.num_attention_heads
-        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+    def from_adapter(cls, adapter) -> "DecoderShape":
+        cfg = adapter.text_config
         return cls(
             hidden=cfg.hidden_size,
             intermediate=cfg.intermediate_size,
-            heads=heads,
-            kv_heads=getattr(cfg, "num_key_value_heads", None) or heads,
-            head_dim=head_dim,
+            heads=cfg.num_attention_heads,
+            kv_heads=adapter.text_kv_heads,
+            head_dim=adapter.text_head_dim,
             vocab=cfg.vocab_size,
             layers=cfg.num_hidden_layers,
         )

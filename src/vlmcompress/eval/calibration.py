@@ -1,0 +1,37 @@
+"""Calibration inputs for the weight methods that need them: samples of a task, built
+into model-input batches by the model's own adapter."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..models.base import ModelAdapter
+from ..tasks import TASKS
+
+
+@dataclass
+class CalibrationSource:
+    """``samples`` samples of task ``task`` drawn with ``seed``, in batches of ``batch_size``."""
+
+    task: str
+    seed: int
+    samples: int
+    batch_size: int
+    adapter: ModelAdapter
+    device: torch.device
+
+    def batches(self) -> list[dict]:
+        task = TASKS.get(self.task)
+        samples = task.samples(self.seed, self.samples)
+        out = []
+        for i in range(0, len(samples), self.batch_size):
+            chunk = samples[i : i + self.batch_size]
+            batch = self.adapter.build_inputs([s.image for s in chunk], [task.prompt(s) for s in chunk])
+            out.append({k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()})
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        return {"calibration_task": self.task, "calibration_seed": self.seed, "calibration_samples_requested": self.samples}

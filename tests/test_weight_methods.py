@@ -181,13 +181,17 @@ def test_two_four_masks(fn):
     assert (groups.sum(-1) == 2).all()
 
 
+@pytest.mark.parametrize("mask_mode", ["row", "block"])
 @pytest.mark.parametrize("sparsity", [0.5, 0.25, 0.6])
-def test_sparsegpt_mask_exact_per_row_and_better_than_wanda(sparsity):
+def test_sparsegpt_mask_counts_and_better_than_wanda(sparsity, mask_mode):
     X = correlated_inputs(d=64)
     W = torch.randn(24, 64, generator=torch.Generator().manual_seed(6))
     H = 2 / X.shape[0] * X.T @ X
-    Wp, mask = sparsegpt_prune(W, H, sparsity, block_size=16)
-    assert (mask.sum(1) == int(64 * sparsity)).all()
+    Wp, mask = sparsegpt_prune(W, H, sparsity, block_size=16, mask=mask_mode)
+    if mask_mode == "row":  # exact per-row sparsity
+        assert (mask.sum(1) == int(64 * sparsity)).all()
+    else:  # int(numel · sparsity) per [24, 16] block, rows compared jointly
+        assert all(int(mask[:, i : i + 16].sum()) == int(24 * 16 * sparsity) for i in range(0, 64, 16))
     assert (Wp[mask] == 0).all()
     Ww = W.masked_fill(wanda_mask(W, X.norm(dim=0), sparsity), 0)
     assert output_error(X, W, Wp) < output_error(X, W, Ww)

@@ -33,7 +33,7 @@ def test_markdown_reports_op_speedup_and_escapes_table_breakers():
     assert "a\\|b" in md
     # OP of the compressed row: sqrt(0.5^2) = 0.5; prefill speed-up 0.2 / 0.1 = 2x; significant drop starred
     row = next(l for l in md.splitlines() if l.startswith("| `a\\|b`") and "[" in l)
-    assert "0.500*" in row and row.rstrip().endswith("| 0.500 | 0.500 |")
+    assert "0.500*" in row and row.rstrip().endswith("| 0.500 | – | 0.500 |")  # OP, OG (one task: none), loyalty
     assert "(2.00×)" in md
 
 

@@ -49,14 +49,15 @@ def cli(verbose: bool) -> None:
 @click.option("--dtype", help="float32, float16 or bfloat16.")
 @click.option("--max-new-tokens", type=int)
 @click.option("--trust-remote-code", is_flag=True, default=None, help="Allow a hub model's own code (off unless set).")
-def run(config, model, tasks, compress, limit, batch_size, seed, output, device, dtype, max_new_tokens, trust_remote_code) -> None:
+@click.option("--data-dir", help="Local dataset copies: DATA_DIR/<dataset id>/ laid out as the hub repo (default: the hub and the HF cache).")
+def run(config, model, tasks, compress, limit, batch_size, seed, output, device, dtype, max_new_tokens, trust_remote_code, data_dir) -> None:
     """Run a sweep (no arguments: the embedded model on the held-out synthetic suite)."""
     from .runner import RunConfig
     from .runner import run as run_sweep
 
     overrides = {
         "model": model, "tasks": tasks, "limit": limit, "batch_size": batch_size, "seed": seed, "output": output,
-        "device": device, "dtype": dtype, "max_new_tokens": max_new_tokens, "trust_remote_code": trust_remote_code,
+        "device": device, "dtype": dtype, "max_new_tokens": max_new_tokens, "trust_remote_code": trust_remote_code, "data_dir": data_dir,
     }
     if compress:
         overrides["compress"] = list(compress)
@@ -80,7 +81,7 @@ def _print_summary(results: dict) -> None:
     settings = list(dict.fromkeys(c["setting"] for c in cells))
     tasks = list(dict.fromkeys(c["task"] for c in cells))
     for model in dict.fromkeys(c["model"] for c in cells):
-        table = Table(title=f"accuracy per task — {model}")
+        table = Table(title=f"primary metric per task — {model}")
         table.add_column("task")
         for s in settings:
             table.add_column(s, justify="right")
@@ -89,7 +90,7 @@ def _print_summary(results: dict) -> None:
             vals = []
             for s in settings:
                 c = grid.get((s, t))
-                acc = c["scores"].get("accuracy") if c else None
+                acc = c["scores"].get(c.get("primary_metric") or "accuracy") if c else None
                 vals.append("–" if acc is None else f"{acc:.3f}")
             table.add_row(t, *vals)
         Console().print(table)
@@ -118,6 +119,27 @@ def report(directory: str) -> None:
     click.echo(f"report: {path / 'report.md'}")
 
 
+@cli.command()
+@click.argument("task")
+@click.argument("predictions", type=click.Path(dir_okay=False))
+@click.option("--data-dir", help="Local dataset copies (as for `run`).")
+@click.option("--setting", help="With a run's samples.jsonl holding several settings: the setting (as the run names it).")
+@click.option("--json", "as_json", is_flag=True, help="Print exactly one JSON object {metric: value} on stdout.")
+def score(task: str, predictions: str, data_dir: str | None, setting: str | None, as_json: bool) -> None:
+    """Score PREDICTIONS (JSONL with doc_id and prediction; a run's samples.jsonl too) with TASK's scorer."""
+    from .rescoring import rescore
+
+    try:
+        scores = rescore(task, predictions, data_dir, setting)
+    except VlmCompressError as exc:
+        _fail(exc)
+    if as_json:
+        click.echo(json.dumps(scores))
+    else:
+        for name, value in scores.items():
+            click.echo(f"{name:32s} {value}")
+
+
 @cli.command(name="list")
 @click.argument("what", type=click.Choice(["methods", "tasks", "models"]))
 def list_(what: str) -> None:
@@ -135,7 +157,9 @@ def list_(what: str) -> None:
 
         for name in TASKS.names():
             t = TASKS.get(name)
-            click.echo(f"{name:24s} [{t.category}] {t.description}")
+            d = t.describe()
+            where = d["dataset"] + (f" config={d['config']}" if d.get("config") else "") + (f" split={d['split']}" if d.get("split") else "")
+            click.echo(f"{name:24s} [{t.category}] {where} · metrics: {', '.join(d['metrics'])} · primary: {d['primary_metric']}")
     else:
         from .models import ADAPTERS, EMBEDDED_PATH
 

@@ -23,7 +23,8 @@ CREATE TABLE IF NOT EXISTS cells (
     loyalty TEXT,
     efficiency TEXT NOT NULL,
     finished REAL NOT NULL,
-    position INTEGER NOT NULL
+    position INTEGER NOT NULL,
+    primary_metric TEXT NOT NULL DEFAULT 'accuracy'
 );
 CREATE TABLE IF NOT EXISTS samples (
     cell_key TEXT NOT NULL,
@@ -34,9 +35,15 @@ CREATE TABLE IF NOT EXISTS samples (
     error TEXT,
     meta TEXT,
     stats TEXT,
+    metrics TEXT,
     PRIMARY KEY (cell_key, sample_id)
 );
 """
+# Columns added after the first release: (table, column, declaration), added to an older store on open.
+_ADDED_COLUMNS = (
+    ("cells", "primary_metric", "TEXT NOT NULL DEFAULT 'accuracy'"),
+    ("samples", "metrics", "TEXT"),
+)
 
 _JSON_CELL_FIELDS = ("scores", "scores_ci", "loyalty", "efficiency")
 
@@ -47,6 +54,10 @@ class Store:
         self.path = path
         self.db = sqlite3.connect(path)
         self.db.executescript(SCHEMA)
+        for table, column, decl in _ADDED_COLUMNS:
+            have = {row[1] for row in self.db.execute(f"PRAGMA table_info({table})")}
+            if column not in have:
+                self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
 
     def close(self) -> None:
         self.db.close()
@@ -59,18 +70,22 @@ class Store:
             position = self.db.execute("SELECT COALESCE(MAX(position), -1) + 1 FROM cells").fetchone()[0]
             self.db.execute("DELETE FROM samples WHERE cell_key = ?", (cell["cell_key"],))
             self.db.executemany(
-                "INSERT INTO samples VALUES (?,?,?,?,?,?,?,?)",
+                "INSERT INTO samples (cell_key, sample_id, prediction, gold, score, error, meta, stats, metrics) VALUES (?,?,?,?,?,?,?,?,?)",
                 [
-                    (cell["cell_key"], r["sample_id"], r["prediction"], r["gold"], r["score"], r.get("error"), json.dumps(r.get("meta", {})), json.dumps(r.get("stats", {})))
+                    (
+                        cell["cell_key"], r["sample_id"], r["prediction"], r["gold"], r["score"], r.get("error"),
+                        json.dumps(r.get("meta", {})), json.dumps(r.get("stats", {})), json.dumps(r.get("metrics") or {}),
+                    )
                     for r in rows
                 ],
             )
             self.db.execute(
-                "INSERT OR REPLACE INTO cells VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                "INSERT OR REPLACE INTO cells (cell_key, model, setting, setting_normalized, task, n, n_errors, scores, scores_ci, loyalty, efficiency, finished, position, primary_metric)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     cell["cell_key"], cell["model"], cell["setting"], cell["setting_normalized"], cell["task"], cell["n"], cell["n_errors"],
                     json.dumps(cell["scores"]), json.dumps(cell["scores_ci"]), json.dumps(cell.get("loyalty")), json.dumps(cell["efficiency"]),
-                    time.time(), position,
+                    time.time(), position, cell.get("primary_metric", "accuracy"),
                 ),
             )
 
@@ -86,8 +101,8 @@ class Store:
         return out
 
     def samples(self, cell_key: str) -> list[dict[str, Any]]:
-        cur = self.db.execute("SELECT sample_id, prediction, gold, score, error, meta, stats FROM samples WHERE cell_key = ? ORDER BY rowid", (cell_key,))
+        cur = self.db.execute("SELECT sample_id, prediction, gold, score, error, meta, stats, metrics FROM samples WHERE cell_key = ? ORDER BY rowid", (cell_key,))
         return [
-            {"sample_id": s, "prediction": p, "gold": g, "score": sc, "error": e, "meta": json.loads(m), "stats": json.loads(st)}
-            for s, p, g, sc, e, m, st in cur.fetchall()
+            {"sample_id": s, "prediction": p, "gold": g, "score": sc, "error": e, "meta": json.loads(m), "stats": json.loads(st), "metrics": json.loads(mt) if mt else {}}
+            for s, p, g, sc, e, m, st, mt in cur.fetchall()
         ]

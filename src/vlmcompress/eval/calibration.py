@@ -22,10 +22,11 @@ class CalibrationSource:
     batch_size: int
     adapter: ModelAdapter
     device: torch.device
+    data_dir: str | None = None  # local dataset copies (real benchmarks)
 
     def batches(self) -> list[dict]:
         task = TASKS.get(self.task)
-        samples = task.samples(self.seed, self.samples)
+        samples = [s for s in task.samples(self.seed, self.samples, self.data_dir) if s.error is None]
         out = []
         for i in range(0, len(samples), self.batch_size):
             chunk = samples[i : i + self.batch_size]

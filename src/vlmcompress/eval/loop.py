@@ -98,6 +98,10 @@ def generate_batch(
     return BatchOutput(predictions, generated, clock.prefill_s, clock.decode_s, clock.decode_steps, stats)
 
 
+def _error_row(sample: Sample, msg: str) -> dict[str, Any]:
+    return {"sample_id": sample.id, "prediction": None, "gold": sample.answer, "score": None, "metrics": {}, "meta": sample.meta, "error": msg, "stats": {}}
+
+
 def _kv_footprint(methods: list[CompressionMethod], cache, stats: list[dict[str, Any]], n_layers: int) -> list[dict[str, float]]:
     """KV bytes of each sample at its OWN end: a sample run alone stops after its
     end-of-sequence token, which is never fed back, so its cache holds its prompt (as
@@ -133,9 +137,15 @@ def evaluate_cell(
     sample at a time, so one broken sample is reported in the rows and costs nothing else.
     """
     max_new = max_new_tokens or task.max_new_tokens
-    batches = [samples[i : i + batch_size] for i in range(0, len(samples), batch_size)]
     rows: list[dict[str, Any]] = []
     errors: list[str] = []
+    for sample in samples:  # known broken before any work (e.g. an image that does not decode)
+        if sample.error is not None:
+            msg = f"{sample.id}: {sample.error}"
+            errors.append(msg)
+            rows.append(_error_row(sample, msg))
+    runnable = [s for s in samples if s.error is None]
+    batches = [runnable[i : i + batch_size] for i in range(0, len(runnable), batch_size)]
     prefill, decode_per_token, wall = [], [], 0.0
     with PeakMemory(device) as peak:
         if batches:
@@ -162,15 +172,16 @@ def evaluate_cell(
                     except Exception as one_exc:  # noqa: BLE001
                         msg = f"{sample.id}: {type(one_exc).__name__}: {one_exc}"
                         errors.append(msg)
-                        rows.append({"sample_id": sample.id, "prediction": None, "gold": sample.answer, "score": None, "meta": sample.meta, "error": msg, "stats": {}})
+                        rows.append(_error_row(sample, msg))
             wall += time.perf_counter() - started
             for group, out in outs:
                 prefill.append(out.prefill_s)
                 if out.decode_steps:
                     decode_per_token.append(out.decode_s / out.decode_steps)
                 for sample, pred, st in zip(group, out.predictions, out.sample_stats):
+                    score, metrics = task.evaluate(pred, sample)
                     rows.append(
-                        {"sample_id": sample.id, "prediction": pred, "gold": sample.answer, "score": task.score(pred, sample), "meta": sample.meta, "error": None, "stats": st}
+                        {"sample_id": sample.id, "prediction": pred, "gold": sample.answer, "score": score, "metrics": metrics, "meta": sample.meta, "error": None, "stats": st}
                     )
             if progress:
                 progress(len(chunk))

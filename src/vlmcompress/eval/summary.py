@@ -9,7 +9,7 @@ from ..footprint import model_weight_bytes
 from ..methods import CompressionContext, Setting
 from ..tasks import Task
 from .loop import CellOutput
-from .statistics import bootstrap_ci, loyalty
+from .statistics import loyalty
 
 
 def summarise_cell(
@@ -26,8 +26,9 @@ def summarise_cell(
     model and task (the cell's own rows when it is the baseline)."""
     rows = out.rows
     scored = [r for r in rows if r["error"] is None]
-    scores = task.aggregate(scored) if scored else {"accuracy": float("nan")}
-    ci = {"accuracy": list(bootstrap_ci([r["score"] for r in scored], seed=seed))}
+    primary = task.primary_metric
+    scores = task.aggregate(scored) if scored else {primary: float("nan")}
+    ci = {primary: list(task.primary_interval(scored, seed)) if scored else [float("nan"), float("nan")]}
     efficiency = dict(out.efficiency)
     efficiency["weight_bytes"] = model_weight_bytes(ctx.model)
     efficiency.update(ctx.info)  # a method's own count (e.g. packed weights) wins
@@ -43,6 +44,7 @@ def summarise_cell(
         "setting": setting.spec,
         "setting_normalized": setting.normalized,
         "task": task.name,
+        "primary_metric": primary,
         "n": len(scored),
         "n_errors": len(rows) - len(scored),
         "scores": scores,

@@ -13,7 +13,7 @@ import io
 import math
 from typing import Any
 
-from .summary import BASELINE, accuracy_with_ci, is_significant, mean_efficiency, model_grids, op_and_loyalty, speedup
+from .summary import BASELINE, is_significant, mean_efficiency, model_grids, op_and_loyalty, overall_generalization_of, primary_metric, primary_score, primary_with_ci, speedup
 _STYLE = """
 body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
 table{border-collapse:collapse;margin:1em 0;font-size:14px}
@@ -83,14 +83,18 @@ def render_html(results: dict[str, Any], disagreements: dict[tuple[str, str, str
         "<h1>vlmcompress report</h1>",
         f"<p class='note'>Run of {_e(results.get('date', '?'))} · seed {_e(cfg.get('seed'))} · limit {_e(cfg.get('limit'))} per task · "
         f"batch {_e(cfg.get('batch_size'))} · torch {_e(ver.get('torch', '?'))} · transformers {_e(ver.get('transformers', '?'))} · device {_e(ver.get('device', '?'))}</p>",
-        "<p class='note'>Accuracy with a 95% bootstrap interval; red cells are drops the paired McNemar test finds significant (p &lt; 0.05), green cells significant gains. "
-        "Loyalty: share of predictions identical to the baseline's. OP: root mean square of per-task retention.</p>",
+        "<p class='note'>Each task's primary metric (named in its column; accuracy on 0–1 for the synthetic suite) with a 95% bootstrap interval; red cells are drops the paired McNemar test finds significant (p &lt; 0.05), green cells significant gains. "
+        "Loyalty: share of predictions identical to the baseline's. OP: root mean square of per-task retention; OG: its coefficient of variation (lower = more uniform).</p>",
     ]
     for model, mg in model_grids(cells).items():
         tasks, settings, grid = mg.tasks, mg.settings, mg.grid
         bc = mg.baseline_cells()
         out.append(f"<h2>Model <code>{_e(model)}</code></h2>")
-        out.append("<table><tr><th>setting</th>" + "".join(f"<th>{_e(t)}</th>" for t in tasks) + "<th>OP</th><th>loyalty</th><th>weights</th><th>KV/sample</th><th>prefill ×</th><th>decode ×</th></tr>")
+        metric_of = {t: primary_metric(next(c for c in mg.cells if c["task"] == t)) for t in tasks}
+        out.append(
+            "<table><tr><th>setting</th>" + "".join(f"<th>{_e(t)}<br><small>{_e(metric_of[t])}</small></th>" for t in tasks)
+            + "<th>OP</th><th>OG</th><th>loyalty</th><th>weights</th><th>KV/sample</th><th>prefill ×</th><th>decode ×</th></tr>"
+        )
         points_w, points_kv = [], []
         for s in settings:
             tds = []
@@ -99,10 +103,10 @@ def render_html(results: dict[str, Any], disagreements: dict[tuple[str, str, str
                 if c is None:
                     tds.append("<td>…</td>")
                     continue
-                acc, lo, hi = accuracy_with_ci(c)
+                acc, lo, hi = primary_with_ci(c)
                 cls = ""
                 if is_significant(c, s) and b is not None and acc is not None:
-                    cls = " class='bad'" if acc < b["scores"].get("accuracy", 0) else " class='good'"
+                    cls = " class='bad'" if acc < (primary_score(b) or 0) else " class='good'"
                 tds.append(f"<td{cls}>{_num(acc)} <small>[{_num(lo, 2)}, {_num(hi, 2)}]</small></td>")
             sc = mg.cells_of(s)
             op, loyalty = op_and_loyalty(mg, s)
@@ -112,7 +116,7 @@ def render_html(results: dict[str, Any], disagreements: dict[tuple[str, str, str
             points_w.append((s, w, op))
             points_kv.append((s, kv, op))
             out.append(
-                f"<tr><td><code>{_e(s)}</code></td>{''.join(tds)}<td>{_num(op)}</td><td>{_num(loyalty)}</td>"
+                f"<tr><td><code>{_e(s)}</code></td>{''.join(tds)}<td>{_num(op)}</td><td>{_num(overall_generalization_of(mg, s))}</td><td>{_num(loyalty)}</td>"
                 f"<td>{_mib(w)}</td><td>{_mib(kv)}</td><td>{_num(pf, 2)}</td><td>{_num(dc, 2)}</td></tr>"
             )
         out.append("</table>")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .summary import BASELINE, accuracy_with_ci, is_significant, mean_efficiency, model_grids, op_and_loyalty, speedup
+from .summary import BASELINE, is_significant, mean_efficiency, model_grids, op_and_loyalty, overall_generalization_of, primary_metric, primary_with_ci, speedup
 
 
 def _fmt(x: Any, digits: int = 3) -> str:
@@ -49,14 +49,17 @@ def render_markdown(results: dict[str, Any]) -> str:
         f"torch {ver.get('torch', '?')} · transformers {ver.get('transformers', '?')} · device {ver.get('device', '?')}"
     )
     out.append("")
-    out.append("Scores are accuracy on 0–1 with a 95% bootstrap interval; `*` marks a change from the baseline that McNemar's exact test on per-sample correctness finds significant (p < 0.05). "
-               "Loyalty is the share of predictions identical to the baseline's on the same samples. OP is EffiVLM-Bench's overall performance, the root mean square of per-task retention (score / baseline score).")
+    out.append("Each task shows its primary metric (named under the task; accuracy on 0–1 for the synthetic suite, the benchmark's own scale otherwise) with a 95% bootstrap interval; "
+               "`*` marks a change from the baseline that McNemar's exact test on per-sample correctness finds significant (p < 0.05). "
+               "Loyalty is the share of predictions identical to the baseline's on the same samples. OP is EffiVLM-Bench's overall performance, the root mean square of per-task retention (score / baseline score); "
+               "OG its generalization, the coefficient of variation of that retention (lower = more uniform).")
     out.append("")
     for model, mg in model_grids(cells).items():
         tasks, settings, grid, mcells = mg.tasks, mg.settings, mg.grid, mg.cells
-        out += [f"## Model `{_md_cell(model)}`", "", "### Accuracy", ""]
-        out.append("| setting | " + " | ".join(tasks) + " | OP | loyalty |")
-        out.append("|---" * (len(tasks) + 3) + "|")
+        out += [f"## Model `{_md_cell(model)}`", "", "### Scores", ""]
+        metric_of = {t: primary_metric(next(c for c in mcells if c["task"] == t)) for t in tasks}
+        out.append("| setting | " + " | ".join(f"{_md_cell(t)} ({_md_cell(metric_of[t])})" for t in tasks) + " | OP | OG | loyalty |")
+        out.append("|---" * (len(tasks) + 4) + "|")
         for s in settings:
             row = []
             for t in tasks:
@@ -64,11 +67,11 @@ def render_markdown(results: dict[str, Any]) -> str:
                 if c is None:
                     row.append("…")
                     continue
-                acc, lo, hi = accuracy_with_ci(c)
+                acc, lo, hi = primary_with_ci(c)
                 star = "*" if is_significant(c, s) else ""
                 row.append(f"{_fmt(acc)}{star} [{_fmt(lo, 2)}, {_fmt(hi, 2)}]")
             op, loyalty = op_and_loyalty(mg, s)
-            out.append(f"| `{_md_cell(s)}` | " + " | ".join(row) + f" | {_fmt(op)} | {_fmt(loyalty)} |")
+            out.append(f"| `{_md_cell(s)}` | " + " | ".join(row) + f" | {_fmt(op)} | {_fmt(overall_generalization_of(mg, s))} | {_fmt(loyalty)} |")
         out.append("")
         out += ["### Efficiency (median over batches; speed-up against the baseline in the same run)", ""]
         out.append("| setting | prefill s/batch | decode s/token | samples/s | peak memory | weight bytes | KV bytes/sample |")

@@ -9,7 +9,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-from ..eval.statistics import overall_performance
+from ..eval.statistics import overall_generalization, overall_performance
 
 BASELINE = "none"
 
@@ -47,13 +47,38 @@ def model_grids(cells: list[dict]) -> dict[str, ModelGrid]:
     return out
 
 
+def primary_metric(cell: dict) -> str:
+    """The task's primary metric (``accuracy`` for results written before tasks named one)."""
+    return cell.get("primary_metric") or "accuracy"
+
+
+def primary_score(cell: dict) -> float | None:
+    return cell["scores"].get(primary_metric(cell))
+
+
 def retention(cell: dict, base: dict | None) -> float | None:
-    """Accuracy over the baseline's on the same task; ``None`` when either is missing
-    (or the baseline's is 0)."""
-    acc = cell["scores"].get("accuracy")
-    if not base or not base["scores"].get("accuracy") or acc is None:
+    """The primary metric over the baseline's on the same task; ``None`` when either is
+    missing (or the baseline's is 0)."""
+    score = primary_score(cell)
+    if not base or not primary_score(base) or score is None:
         return None
-    return acc / base["scores"]["accuracy"]
+    return score / primary_score(base)
+
+
+def retentions_of(mg: ModelGrid, setting: str) -> list[float]:
+    out = []
+    for t in mg.tasks:
+        c = mg.grid.get((setting, t))
+        r = retention(c, mg.grid.get((BASELINE, t))) if c is not None else None
+        if r is not None:
+            out.append(r)
+    return out
+
+
+def overall_generalization_of(mg: ModelGrid, setting: str) -> float | None:
+    """The setting's OG: coefficient of variation of its tasks' retention (lower = more uniform)."""
+    r = retentions_of(mg, setting)
+    return overall_generalization(r) if len(r) > 1 else None
 
 
 def op_and_loyalty(mg: ModelGrid, setting: str) -> tuple[float | None, float | None]:
@@ -94,6 +119,7 @@ def is_significant(cell: dict, setting: str) -> bool:
     return setting != BASELINE and p is not None and p < 0.05
 
 
-def accuracy_with_ci(cell: dict) -> tuple[Any, Any, Any]:
-    lo, hi = (cell.get("scores_ci") or {}).get("accuracy", [None, None])
-    return cell["scores"].get("accuracy"), lo, hi
+def primary_with_ci(cell: dict) -> tuple[Any, Any, Any]:
+    """The primary metric and its 95% bootstrap interval."""
+    lo, hi = (cell.get("scores_ci") or {}).get(primary_metric(cell), [None, None])
+    return primary_score(cell), lo, hi

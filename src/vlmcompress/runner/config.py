@@ -35,6 +35,7 @@ class RunConfig:
     calibration_task: str | None = None  # task whose samples calibrate weight methods (default: the first task)
     calibration_samples: int = 32
     calibration_seed: int = 0  # differs from `seed`, so calibration never sees evaluated samples
+    data_dir: str | None = None  # local dataset copies, DATA_DIR/<dataset id>/ as the hub repo (None: the hub and HF_HOME cache)
 
     @property
     def models(self) -> list[str]:
@@ -63,6 +64,8 @@ class RunConfig:
             raise ConfigError(f"device={self.device!r} is not allowed; allowed: {', '.join(DEVICES)} or cuda:N")
         if self.dtype not in DTYPES:
             raise ConfigError(f"dtype={self.dtype!r} is not allowed; allowed: {', '.join(DTYPES)}")
+        if self.data_dir is not None and (not isinstance(self.data_dir, str) or not Path(self.data_dir).expanduser().is_dir()):
+            raise ConfigError(f"data_dir={self.data_dir!r} is not a folder")
         settings = [build_setting(BASELINE)]
         seen = {BASELINE}
         for spec in self.settings:

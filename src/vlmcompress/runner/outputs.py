@@ -45,6 +45,7 @@ def results_from_cells(cells: list[dict[str, Any]], meta: dict[str, Any]) -> dic
                 "setting": c["setting"],
                 "setting_normalized": c["setting_normalized"],
                 "task": c["task"],
+                "primary_metric": c.get("primary_metric", "accuracy"),
                 "n": c["n"],
                 "n_errors": c["n_errors"],
                 "scores": c["scores"],

@@ -92,7 +92,7 @@ def run(config: RunConfig, *, echo: Callable[[str], None] | None = None) -> dict
 
             def samples_of(task_name: str) -> list[Sample]:
                 if task_name not in sample_cache:
-                    sample_cache[task_name] = TASKS.get(task_name).samples(config.seed, config.limit)
+                    sample_cache[task_name] = TASKS.get(task_name).samples(config.seed, config.limit, config.data_dir)
                 return sample_cache[task_name]
 
             baseline = settings[0]
@@ -108,7 +108,7 @@ def run(config: RunConfig, *, echo: Callable[[str], None] | None = None) -> dict
                     state.pristine = True
                 loaded = state.loaded
                 calibration = CalibrationSource(
-                    config.calibration_task or config.tasks[0], config.calibration_seed, config.calibration_samples, config.batch_size, loaded.adapter, device
+                    config.calibration_task or config.tasks[0], config.calibration_seed, config.calibration_samples, config.batch_size, loaded.adapter, device, config.data_dir
                 )
                 ctx = CompressionContext(loaded.model, loaded.adapter, loaded.processor, calibration=calibration)
                 ordered = setting.ordered()
@@ -131,7 +131,7 @@ def run(config: RunConfig, *, echo: Callable[[str], None] | None = None) -> dict
                         writer.cell_finished(cell, out.rows, meta)
                         done += 1
                         say(
-                            f"[{done}/{total}] {model_name} | {setting.spec} | {task_name}: accuracy {cell['scores'].get('accuracy', float('nan')):.3f}"
+                            f"[{done}/{total}] {model_name} | {setting.spec} | {task_name}: {cell['primary_metric']} {cell['scores'].get(cell['primary_metric'], float('nan')):.3f}"
                             f" (n={cell['n']}{', errors ' + str(cell['n_errors']) if cell['n_errors'] else ''}) loyalty {cell['loyalty']['agreement']:.3f}"
                             f" in {time.perf_counter() - cell_started:.1f}s"
                         )

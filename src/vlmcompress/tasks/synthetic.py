@@ -45,7 +45,7 @@ def _image(scene: Scene) -> Image.Image:
 class SyntheticTask(Task):
     kind: str = ""
 
-    def samples(self, seed: int, limit: int | None) -> list[Sample]:
+    def samples(self, seed: int, limit: int | None, data_dir=None) -> list[Sample]:
         n = DEFAULT_SIZE if limit is None else limit
         rng = _task_rng(self.name, seed)
         out: list[Sample] = []
@@ -95,7 +95,7 @@ class CounterfactualTask(SyntheticTask):
 
     variants: int = 3
 
-    def samples(self, seed: int, limit: int | None) -> list[Sample]:
+    def samples(self, seed: int, limit: int | None, data_dir=None) -> list[Sample]:
         n = DEFAULT_SIZE if limit is None else limit
         rng = _task_rng(self.name, seed)
         out: list[Sample] = []

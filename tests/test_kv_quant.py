@@ -371,7 +371,14 @@ def _generate(entry, spec: str, idx: list[int], n: int = 8):
 @pytest.mark.parametrize("family", ["llava", "qwen2_vl"])
 def test_8bit_kv_keeps_greedy_answers(tiny, family):
     base, _, _ = _generate(tiny[family], "none", [0, 1, 2])
-    for spec in ("kivi(bits=8,group=8,residual=16)", "kv_group(bits=8,k_axis=token,k_group=8,v_group=8,residual=0)", "kv_uniform(bits=8)", "kv_outlier(bits=8,outlier_frac=0.02)"):
+    # prompt attention exact (KIVI's convention) for all four: this checks the stored 8-bit
+    # cache, not the random tiny model's near-tied logits at prefill
+    for spec in (
+        "kivi(bits=8,group=8,residual=16)",
+        "kv_group(bits=8,k_axis=token,k_group=8,v_group=8,residual=0,attend_quantized=false)",
+        "kv_uniform(bits=8,attend_quantized=false)",
+        "kv_outlier(bits=8,outlier_frac=0.02,attend_quantized=false)",
+    ):
         got, stats, _ = _generate(tiny[family], spec, [0, 1, 2])
         same = sum(a == b for ra, rb in zip(got, base) for a, b in zip(ra, rb))
         assert same >= 0.9 * 24, (spec, got, base)

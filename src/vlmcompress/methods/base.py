@@ -66,9 +66,19 @@ class CompressionMethod:
 
     name: ClassVar[str] = ""
     hook: ClassVar[str] = ""
+    # Methods of one family cannot share a setting (two caches, two evictions, two vision
+    # pruners, two weight quantizers or pruners); ``None``: no such family.
+    family: ClassVar[str | None] = None
+    # Families this method cannot be stacked with, and why (one line).
+    refuses: ClassVar[dict[str, str]] = {}
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the knob when a value is out of range."""
+
+    def check_model(self, ctx: CompressionContext) -> None:
+        """Raise :class:`ConfigError` when a knob does not fit the loaded model (a group size
+        that does not divide a layer, a layer index beyond the decoder, an unsupported
+        family), without changing anything; run for every setting before the baseline."""
 
     def prepare(self, ctx: CompressionContext) -> None:
         """Once per setting, after the model is loaded."""

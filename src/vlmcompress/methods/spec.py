@@ -151,6 +151,36 @@ def build_method(name: str, knobs: dict[str, Any]) -> CompressionMethod:
     return method
 
 
+# Families that cannot share a setting whatever their members (the bytes of a layer that
+# is both pruned and quantized would be counted twice, as pruned and as quantized).
+_FAMILY_CONFLICTS = {
+    frozenset({"weight_quantization", "weight_pruning"}): "a layer cannot be both quantized and pruned in one setting: its bytes cannot be counted as either",
+}
+
+
+def check_stack(methods: list[CompressionMethod], text: str) -> None:
+    """Refuse, before any work, a stack whose methods cannot compose (one line naming them)."""
+    names = [m.name for m in methods]
+    for name in dict.fromkeys(names):
+        if names.count(name) > 1:
+            raise ConfigError(f"setting {text!r}: {name} appears twice; a method is applied once per setting")
+    by_family: dict[str, list[str]] = {}
+    for m in methods:
+        if m.family is not None:
+            by_family.setdefault(m.family, []).append(m.name)
+    for family, members in by_family.items():
+        if len(members) > 1:
+            raise ConfigError(f"setting {text!r}: {' and '.join(members)} are both {family.replace('_', ' ')} methods; stack at most one")
+    for pair, why in _FAMILY_CONFLICTS.items():
+        if pair <= set(by_family):
+            a, b = sorted(pair)
+            raise ConfigError(f"setting {text!r}: {by_family[a][0]} + {by_family[b][0]}: {why}")
+    for m in methods:
+        for family, why in m.refuses.items():
+            if family in by_family:
+                raise ConfigError(f"setting {text!r}: {m.name} + {by_family[family][0]}: {why}")
+
+
 def build_setting(spec: str | list | dict) -> Setting:
     """A setting from a spec string, or from YAML's list of ``{name: {knobs}}`` mappings."""
     if isinstance(spec, str):
@@ -171,6 +201,8 @@ def build_setting(spec: str | list | dict) -> Setting:
                 raise ConfigError(f"compression entry {item!r} must be a spec string or a one-key mapping {{method: {{knob: value}}}}")
         methods = [build_method(n, k) for n, k in parsed]
         text = "+".join(m.spec() for m in methods) or BASELINE
+        check_stack(methods, text)
         return Setting(text, methods)
     methods = [build_method(n, k) for n, k in parsed]
+    check_stack(methods, text)
     return Setting(text, methods)

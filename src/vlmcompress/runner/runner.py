@@ -70,6 +70,17 @@ def versions() -> dict[str, str]:
 class _ModelState:
     loaded: LoadedModel | None = None
     pristine: bool = False
+    checked: bool = False  # every setting's check_model passed on this model
+
+
+def _check_settings(settings: list[Setting], loaded: LoadedModel) -> None:
+    """Refuse a setting whose knobs do not fit the model (a group size that does not divide
+    a layer, a targets regex matching nothing, a layer beyond the decoder, a family a method
+    cannot serve) before any cell runs; nothing is changed."""
+    ctx = CompressionContext(loaded.model, loaded.adapter, loaded.processor)
+    for setting in settings:
+        for m in setting.methods:
+            m.check_model(ctx)
 
 
 def run(config: RunConfig, *, echo: Callable[[str], None] | None = None) -> dict[str, Any]:
@@ -103,9 +114,13 @@ def run(config: RunConfig, *, echo: Callable[[str], None] | None = None) -> dict
                     continue
                 needs_fresh = any(m.hook == "weights" for m in setting.methods)
                 if state.loaded is None or (needs_fresh or not state.pristine):
+                    first_load = state.loaded is None and not state.checked
                     state.loaded = None
                     state.loaded = load_model(model_name, dtype=config.dtype, device=str(device), trust_remote_code=config.trust_remote_code)
                     state.pristine = True
+                    if first_load:  # every setting's knobs against this model, before the baseline runs
+                        _check_settings(settings, state.loaded)
+                        state.checked = True
                 loaded = state.loaded
                 calibration = CalibrationSource(
                     config.calibration_task or config.tasks[0], config.calibration_seed, config.calibration_samples, config.batch_size, loaded.adapter, device, config.data_dir

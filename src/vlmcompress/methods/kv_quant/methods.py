@@ -48,6 +48,7 @@ class KVQuantMethod(CompressionMethod):
     """Shared plumbing of the KV-cache quantizers (not registered itself)."""
 
     hook: ClassVar[str] = "kv_cache"
+    family: ClassVar[str | None] = "kv_cache"
 
     # False = KIVI: a token is attended at full precision in the forward that produced it,
     # so the prompt's own attention is exact; True = attention always reads the cache as
@@ -79,9 +80,13 @@ class KVQuantMethod(CompressionMethod):
             num_layers, key_spec, value_spec, pad_lengths=pad_lengths, store_dtype=store_dtype, attend_quantized=self.attend_quantized
         )
 
+    def check_model(self, ctx: CompressionContext) -> None:
+        ctx.adapter.require_full_attention(self.name)
+        self.check_fits(ctx.adapter.text_head_dim)
+
     def make_cache(self, ctx: CompressionContext, batch: dict) -> QuantizedKVCache:
         adapter = ctx.adapter
-        adapter.require_full_attention(self.name)
+        self.check_model(ctx)
         n_layers = adapter.text_config.num_hidden_layers
         return self.build_cache(n_layers, adapter.text_head_dim, left_pad_lengths(batch.get("attention_mask")), _store_dtype(ctx.model))
 
@@ -102,6 +107,9 @@ class KVUniform(KVQuantMethod):
 
     name: ClassVar[str] = "kv_uniform"
     bits: int = 4  # code width: 2, 3, 4 or 8
+    # LVLM-Compress-Bench's u/o/g (GEAR-based code) quantize the prompt's cache and attend
+    # to it, so the prompt's own attention already reads quantized K/V (KIVI does not)
+    attend_quantized: bool = True
 
     def validate(self) -> None:
         self.check_bits()
@@ -125,6 +133,9 @@ class KVOutlier(KVQuantMethod):
 
     name: ClassVar[str] = "kv_outlier"
     bits: int = 4  # code width: 2, 3, 4 or 8
+    # LVLM-Compress-Bench's u/o/g (GEAR-based code) quantize the prompt's cache and attend
+    # to it, so the prompt's own attention already reads quantized K/V (KIVI does not)
+    attend_quantized: bool = True
     outlier_frac: float = 0.01  # share of values kept in fp16 (papers: 0.01–0.10)
 
     def validate(self) -> None:
@@ -171,10 +182,21 @@ class KVGroup(KVQuantMethod):
 
     ``label`` sets the four layout knobs from an LVLM-Compress-Bench label
     (``g-KC128VT128``); it is folded into them, so the normalised spec spells them out.
+    "KC128" is a group of 128 consecutive tokens per key channel and "VT128" a group of
+    128 consecutive channels per value token, as GEAR's ``KIVI_V2`` path quantizes them
+    (``fake_groupwise_channel_asymmetric_quantization_new`` with ``group_size`` tokens,
+    ``fake_groupwise_token_asymmetric_quantization`` with ``group_size`` channels).  (GEAR's
+    plain ``KCVT`` passes the whole sequence as the key group and all channels as the value
+    group: per-channel over the sequence, per-token over the channels.)  GEAR flattens the
+    heads before grouping value channels, so a value group may span heads there; here a
+    group must divide ``head_dim`` (identical when ``v_group = head_dim = 128``).
     """
 
     name: ClassVar[str] = "kv_group"
     bits: int = 2  # code width: 2, 3, 4 or 8
+    # LVLM-Compress-Bench's u/o/g (GEAR-based code) quantize the prompt's cache and attend
+    # to it, so the prompt's own attention already reads quantized K/V (KIVI does not)
+    attend_quantized: bool = True
     k_axis: Axis = "channel"  # keys: per-channel (groups of tokens) or per-token (groups of channels)
     k_group: int = 128  # keys: tokens (channel axis) or channels (token axis) per group
     v_axis: Axis = "token"  # values: per-channel or per-token

@@ -7,10 +7,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ...errors import ConfigError
 from ..base import CompressionContext, CompressionMethod
 from . import accounting
 from .flops import DecoderShape
 from .manager import Participant, SequenceLayout
+from .masks import SUPPORTED_ATTENTION
 
 
 @dataclass
@@ -20,6 +22,13 @@ class LayoutMethod(CompressionMethod, Participant):
     def __post_init__(self) -> None:
         self._layout: SequenceLayout | None = None
         self._shape: DecoderShape | None = None
+
+    def check_model(self, ctx: CompressionContext) -> None:
+        impl = ctx.adapter.attention_implementation
+        if impl not in SUPPORTED_ATTENTION:
+            raise ConfigError(f"{self.name}: needs attention implementation one of {SUPPORTED_ATTENTION}; the model uses {impl!r}")
+        for layer in ctx.adapter.decoder_layers:
+            ctx.adapter.self_attention(layer)
 
     def prepare(self, ctx: CompressionContext) -> None:
         self._layout = SequenceLayout.acquire(ctx.model, ctx.adapter, self)

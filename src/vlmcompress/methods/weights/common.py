@@ -54,6 +54,9 @@ class WeightMethod(CompressionMethod):
     def storage_mode(self) -> str:
         return self.storage_kind
 
+    def check_model(self, ctx: CompressionContext) -> None:
+        self.check_layers(select_linears(ctx.model, ctx.adapter, self.targets))
+
     # ---------------------------------------------------------------- driver
     def prepare(self, ctx: CompressionContext) -> None:
         model = ctx.model
@@ -87,6 +90,8 @@ class WeightMethod(CompressionMethod):
 class WeightQuantizer(WeightMethod):
     """Base of the weight quantizers (rtn, outlier, awq, gptq; not registered itself):
     the knobs that mean the same in each, declared and checked here once."""
+
+    family: ClassVar[str | None] = "weight_quantization"
 
     bits: int = 4  # code width: 2, 3, 4, 8 (16 = unchanged)
     group_size: int = 128  # input columns per (scale, zero) group; must divide every target's in_features

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Optional
+from typing import ClassVar, Optional
 
 import torch
 
@@ -63,6 +63,7 @@ class WeightPruner(WeightMethod):
     """Base of the pruning methods: the knobs they share, declared and checked here once."""
 
     storage_kind = "dense"
+    family: ClassVar[str | None] = "weight_pruning"
 
     sparsity: float = 0.5  # fraction of the weights removed (per output row, or per layer for magnitude), in [0, 1)
     nm: Optional[str] = None  # "N:M" (e.g. 2:4): keep N of every M consecutive inputs; overrides sparsity

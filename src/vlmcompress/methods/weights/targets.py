@@ -60,10 +60,17 @@ def select_linears(model: nn.Module, adapter: ModelAdapter, spec: str) -> dict[s
             chosen |= {name for name, m in model.named_modules() if m is head}
         else:
             pat = re.compile(t)
-            chosen |= {name for name, m in model.named_modules() if isinstance(m, nn.Linear) and pat.search(name)}
+            matched = {name for name, m in model.named_modules() if isinstance(m, nn.Linear) and pat.search(name)}
+            if not matched:
+                raise ConfigError(f"targets: {t!r} matches no Linear layer of {type(model).__name__} (e.g. {_example_linear(model)!r})")
+            chosen |= matched
     if not chosen:
         raise ConfigError(f"targets={spec!r} selects no Linear layer in {type(model).__name__}")
     return {name: m for name, m in model.named_modules() if name in chosen and isinstance(m, nn.Linear)}
+
+
+def _example_linear(model: nn.Module) -> str:
+    return next((name for name, m in model.named_modules() if isinstance(m, nn.Linear)), "")
 
 
 def block_index_of(model: nn.Module, adapter: ModelAdapter) -> dict[str, int]:

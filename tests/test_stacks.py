@@ -86,3 +86,9 @@ def test_two_bit_uniform_changes_the_prefill_itself_kivi_leaves_it_exact():
     # u/o/g (GEAR-style): attention reads the 2-bit cache already at prefill -> the logits move
     for spec in ("kv_uniform(bits=2)", "kv_group(bits=2,k_group=8,v_group=8,residual=8)"):
         assert not torch.allclose(_first_logits(model, proc, adapter, spec), base, atol=1e-4), spec
+
+
+@pytest.mark.parametrize("spec", ["h2o(ratio=nan)", "magnitude(sparsity=nan)", "snapkv(ratio=inf)", "kv_outlier(bits=4,outlier_frac=-inf)"])
+def test_non_finite_float_knobs_are_refused(spec):
+    with pytest.raises(ConfigError, match="finite"):
+        build_setting(spec)

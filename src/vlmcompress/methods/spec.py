@@ -10,6 +10,7 @@ refused with the list of known ones.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import typing
 from dataclasses import dataclass
@@ -132,6 +133,8 @@ def _coerce(method: str, knob: str, value: Any, annotation: Any) -> Any:
     if annotation is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{method}: {knob}={value!r} must be a number")
+        if not math.isfinite(value):  # NaN passes every range check: refuse it (and ±inf) here
+            raise ConfigError(f"{method}: {knob}={value!r} must be a finite number")
         return float(value)
     if annotation is str:
         return str(value)

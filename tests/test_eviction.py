@@ -64,8 +64,9 @@ def test_budgets_floor_and_minimum():
 
 
 def test_pyramid_budgets_follow_the_formula():
+    # rule="linear": this project's first rule (the references' are in test_eviction_fidelity.py)
     L, B, w, layers, beta = 1000, 400, 40, 5, 20.0
-    got = S.pyramid_budgets(L, B, w, layers, beta)
+    got = S.pyramid_budgets(L, B, w, layers, beta, rule="linear")
     lo = (B - w) / beta
     hi = 2 * (B - w) - lo
     expected = [w + round(hi - i * (hi - lo) / (layers - 1)) for i in range(layers)]
@@ -73,9 +74,9 @@ def test_pyramid_budgets_follow_the_formula():
     assert got == sorted(got, reverse=True)
     assert abs(sum(got) / layers - B) <= 1
     # the first layer cannot hold more than the prompt: the top is capped at L and the bottom raised
-    assert S.pyramid_budgets(20, 16, 2, 4, 20.0) == [20, 17, 15, 12]
+    assert S.pyramid_budgets(20, 16, 2, 4, 20.0, rule="linear") == [20, 17, 15, 12]
     # one layer: no pyramid, the uniform budget
-    assert S.pyramid_budgets(20, 16, 2, 1, 20.0) == [16]
+    assert S.pyramid_budgets(20, 16, 2, 1, 20.0, rule="linear") == [16]
 
 
 # ----------------------------------------------------------------------------- scorers vs references

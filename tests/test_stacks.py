@@ -92,3 +92,17 @@ def test_two_bit_uniform_changes_the_prefill_itself_kivi_leaves_it_exact():
 def test_non_finite_float_knobs_are_refused(spec):
     with pytest.raises(ConfigError, match="finite"):
         build_setting(spec)
+
+
+@pytest.mark.parametrize(
+    "spec, words",
+    [
+        ("snapkv(ratio=0.4)+h2o(ratio=0.4)", ["snapkv", "h2o", "kv eviction"]),
+        ("vlcache(ratio=0.4)+kivi(bits=2)", ["vlcache", "kivi", "quantized cache"]),
+    ],
+)
+def test_eviction_stacks_that_cannot_compose_are_refused(spec, words):
+    with pytest.raises(ConfigError) as err:
+        build_setting(spec)
+    for w in words:
+        assert w in str(err.value)

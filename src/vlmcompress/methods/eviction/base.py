@@ -19,6 +19,7 @@ class EvictionMethod(LayoutMethod):
     :meth:`select` for one row; the base handles batching, budgets and the layout."""
 
     hook: ClassVar[str] = "attention"
+    family: ClassVar[str | None] = "kv_eviction"
     needs_queries: ClassVar[str] = "none"  # "none" | "window" | "all"
 
     ratio: float = 0.4  # share of each sample's real prompt kept, in (0, 1]

@@ -2,10 +2,18 @@
 Multimodal Long-Context Inference"): text-prior eviction (text tokens are kept before
 image tokens; among each, heavy hitters by accumulated attention) with a recent window,
 and the evicted entries optionally merged into the kept entry whose key they resemble
-most (averaged merging), so their information is not simply lost."""
+most, so their information is not simply lost.  ``merge`` picks LOOK-M's strategy
+(:func:`.scores.lookm_merge`): ``average`` (averaged merging), ``pivot`` (pivotal
+merging: each evicted entry is first averaged with its pivot; what LOOK-M's released
+script and EffiVLM-Bench run), ``weighted`` (weighted by the cosine similarity, with
+LOOK-M's filter of the least similar entries) or ``none``.
+
+The budget ``B = int(ratio L)`` splits into a recent window ``max(1, int(0.1 B))`` and
+``B`` minus that of heavy hitters (EffiVLM-Bench takes ``int(0.9 ratio L)`` and
+``int(0.1 ratio L)`` separately, each at least 1, which can differ by one entry)."""
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from ..base import METHODS
 from . import scores as S
@@ -20,12 +28,12 @@ class LookM(EvictionMethod):
     needs_queries: ClassVar[str] = "all"
 
     ratio: float = 0.4  # share of the prompt kept, in (0, 1]
-    merge: str = "average"  # average (evicted entries averaged into their most similar kept one) | none
+    merge: Literal["average", "pivot", "weighted", "none"] = "average"  # how evicted entries join their most similar kept one: average | pivot (averaged with it first; EffiVLM-Bench) | weighted (scaled by similarity) | none
     chunk: int = 256  # queries scored at a time
 
     def validate(self) -> None:
         super().validate()
-        self.check_choice("merge", ("average", "none"))
+        self.check_choice("merge", S.LOOKM_MERGES)
         self.check_range("chunk", 1, None)
 
     def select(self, layer, row, length, keys, queries, attn, layout):

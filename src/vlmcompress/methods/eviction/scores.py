@@ -42,23 +42,61 @@ def recent_window(budget: int, window: int = 0) -> int:
     return max(1, int(0.1 * budget))
 
 
-def pyramid_budgets(length: int, budget: int, window: int, n_layers: int, beta: float) -> list[int]:
-    """PyramidKV's per-layer budgets (entries kept per layer, window included).
+PYRAMID_RULES = ("kvcache_factory", "kvpress", "linear")
 
-    The selected part (budget minus window) falls linearly from ``max`` at layer 0 to
-    ``min`` at the last layer, ``min = (B - w) / beta`` and ``max = 2 (B - w) - min`` so
-    that the mean over layers is the uniform budget.  ``max`` is capped at what a layer
-    can hold (``L - w``), and when the pyramid cannot be built (short prompts, one
-    layer) every layer gets the uniform budget, as the reference implementations do.
+
+def pyramid_budgets(length: int, budget: int, window: int, n_layers: int, beta: float, rule: str = "kvcache_factory") -> list[int]:
+    """PyramidKV's per-layer budgets (entries kept per layer, window included); ``budget``
+    is the uniform budget ``B`` and ``window`` the recent window ``w``.
+
+    ``rule="kvcache_factory"`` (PyramidKV's authors' code, KVCache-Factory, and EffiVLM-Bench):
+    the pyramid is built on the selected part ``B - w``: ``min = (B - w) // beta``,
+    ``max = 2 (B - w) - min`` (``max`` capped at ``L - w``, ``min`` raised to keep the
+    sum), layer ``i`` keeps ``w + max - i * ((max - min) // (layers - 1))`` (integer
+    steps, so the mean over layers can exceed ``B`` by less than ``(layers - 1) / 2``).
+    A prompt shorter than ``2 (B - w)`` (or one layer, or ``B <= w``) gets the uniform
+    budget on every layer.
+
+    ``rule="kvpress"`` (kvpress's ``PyramidKVPress``): the pyramid is built on the total
+    budget, window included: ``min = B / beta``, ``max = 2 B - min`` (``max`` capped at
+    ``L - w``), layer ``i`` keeps ``round(max - i * (max - min) / (layers - 1))``; the
+    uniform budget when not ``L >= max >= min >= w`` (so whenever ``B / beta < w``).
+
+    ``rule="linear"`` (this package's earlier rule): the kvcache_factory formula with
+    real-valued steps, applied whenever it fits (no short-prompt fallback); uniform only
+    when no pyramid fits.
     """
+    if rule not in PYRAMID_RULES:
+        raise ValueError(f"pyramid rule {rule!r} is not one of {PYRAMID_RULES}")
+    uniform = [budget] * n_layers
+    if rule == "kvpress":
+        lo = budget / beta
+        hi = 2 * budget - lo
+        if hi >= length - window:
+            hi = length - window
+            lo = 2 * budget - hi
+        if n_layers < 2 or not (length >= hi >= lo >= window):
+            return uniform
+        step = (hi - lo) / (n_layers - 1)
+        return [max(1, round(hi - i * step)) for i in range(n_layers)]
     sel = budget - window
+    if rule == "kvcache_factory":
+        if n_layers < 2 or sel <= 0 or length < 2 * sel:
+            return uniform
+        lo = int(sel // beta)
+        hi = 2 * sel - lo
+        if hi >= length - window:
+            hi = length - window
+            lo = 2 * sel - hi
+        step = (hi - lo) // (n_layers - 1)
+        return [window + hi - i * step for i in range(n_layers)]
     lo = sel / beta
     hi = 2 * sel - lo
     if hi > length - window:
         hi = length - window
         lo = 2 * sel - hi
     if n_layers < 2 or not (length - window >= hi >= lo >= 0) or sel <= 0:
-        return [budget] * n_layers
+        return uniform
     step = (hi - lo) / (n_layers - 1)
     return [min(length, window + max(0, round(hi - i * step))) for i in range(n_layers)]
 
@@ -82,7 +120,8 @@ def top_with_window(scores: torch.Tensor, budget: int, window: int) -> torch.Ten
 
 
 def streamingllm_select(length: int, budget: int, sink: int, n_heads: int, device=None) -> torch.Tensor:
-    """StreamingLLM: the first ``sink`` tokens (attention sinks) and the most recent rest."""
+    """StreamingLLM: the first ``sink`` tokens (attention sinks) and the most recent rest.
+    EffiVLM-Bench's split is ``sink = budget - window`` (the first ``B - w`` and the last ``w``)."""
     budget = min(budget, length)
     sink = min(sink, budget)
     keep = torch.cat([torch.arange(sink, device=device), torch.arange(length - (budget - sink), length, device=device)])
@@ -120,6 +159,39 @@ def random_select(length: int, budget: int, window: int, n_heads: int, generator
     perm = torch.randperm(length - window, generator=generator)[: budget - window]
     keep = torch.cat([perm, torch.arange(length - window, length)]).sort().values
     return keep.expand(n_heads, -1).clone()
+
+
+def knorm_select(k: torch.Tensor, budget: int) -> torch.Tensor:
+    """Knorm (kvpress's ``KnormPress``, Devoto et al. 2024): per KV head, keep the
+    ``budget`` keys with the LOWEST L2 norm (no window is protected)."""
+    return top_with_window(-k.float().norm(dim=-1), budget, 0)
+
+
+def keydiff_select(k: torch.Tensor, budget: int) -> torch.Tensor:
+    """KeyDiff (kvpress's ``KeyDiffPress``): per KV head, keep the ``budget`` keys least
+    similar (cosine) to the anchor, the mean of the head's L2-normalised keys."""
+    kf = k.float()
+    anchor = F.normalize(kf, dim=-1).mean(1, keepdim=True)
+    return top_with_window(-F.cosine_similarity(kf, anchor, dim=-1), budget, 0)
+
+
+def tova_select(q_last: torch.Tensor, k: torch.Tensor, scaling: float, budget: int) -> torch.Tensor:
+    """TOVA (kvpress's ``TOVAPress``): the last prompt token's attention, averaged over
+    ALL query heads (one ranking shared by every KV head), picks ``budget - 1`` earlier
+    tokens; the last token is always kept.  ``q_last``: ``[H_q, 1, D]``."""
+    L = k.shape[1]
+    scores = window_attention(q_last[:, -1:], k, scaling)[:, 0].mean(0)  # [L]
+    return top_with_window(scores.expand(k.shape[0], L), budget, 1)
+
+
+def observed_attention_select(q_all: torch.Tensor, k: torch.Tensor, scaling: float, budget: int, chunk: int = 256) -> torch.Tensor:
+    """Observed attention (kvpress's ``ObservedAttentionPress``): the attention a key
+    receives summed over every query that sees it, divided by how many do (``L - j``
+    for key ``j``), averaged over the query heads of each KV head; no window."""
+    L = k.shape[1]
+    sums = attention_column_sums(q_all, k, scaling, chunk)  # [H_q, L]
+    seen_by = torch.arange(L, 0, -1, device=sums.device, dtype=sums.dtype)
+    return top_with_window(group_mean(sums / seen_by, k.shape[0]), budget, 0)
 
 
 # ----------------------------------------------------------------------------- VL-Cache
@@ -184,27 +256,57 @@ def lookm_select(
     return top_with_window(sums, budget, window)
 
 
+LOOKM_MERGES = ("average", "pivot", "weighted", "none")
+
+
 def lookm_merge(keys: torch.Tensor, values: torch.Tensor, keep: torch.Tensor, how: str = "average") -> tuple[torch.Tensor, torch.Tensor]:
-    """Merge each evicted entry into the kept key of its head it is most similar to
-    (cosine similarity of keys).  ``how="average"``: a kept entry becomes the mean of
-    itself and all entries merged into it (LOOK-M's averaged merge).
-    ``keys``/``values``: ``[H, L, D]``; ``keep``: ``[H, n]``.  Returns ``[H, n, D]`` pairs."""
+    """LOOK-M's merging: every evicted entry ``e`` goes to the kept entry ``t`` of its head
+    whose key is most similar (cosine of keys; the first on ties), and each kept entry
+    becomes the mean of itself and what its evicted entries contribute (LOOK-M's
+    ``scatter_reduce(mean, include_self=True)``), keys and values alike:
+
+    * ``average`` (averaged merging): ``k_t' = (k_t + sum_e k_e) / (1 + m_t)``;
+    * ``pivot`` (pivotal merging, LOOK-M's ``PivotMerge`` and EffiVLM-Bench's merge): each
+      evicted entry is first averaged with its pivot, ``k_t' = (k_t + sum_e (k_e + k_t) / 2) / (1 + m_t)``;
+    * ``weighted`` (weighted merging, LOOK-M's ``WeightedMerge``): each evicted entry is
+      scaled by its similarity ``s_e`` to the pivot, ``k_t' = (k_t + sum_e s_e k_e) / (1 + m_t)``,
+      and only the evicted entries whose similarity, averaged over heads, is at least the
+      mean over heads and entries take part (LOOK-M's filter; the ``j``-th evicted entry
+      of every head, in position order, is judged together);
+    * ``none``: the kept entries unchanged.
+
+    ``m_t`` counts the evicted entries merged into ``t``.  ``keys``/``values``:
+    ``[H, L, D]``; ``keep``: ``[H, n]``.  Returns ``[H, n, D]`` pairs (computed in float32)."""
+    if how not in LOOKM_MERGES:
+        raise ValueError(f"LOOK-M merge {how!r} is not one of {LOOKM_MERGES}")
     h, L, d = keys.shape
+    dv = values.shape[-1]
     n = keep.shape[1]
     kept_k = keys.gather(1, keep[..., None].expand(h, n, d))
-    kept_v = values.gather(1, keep[..., None].expand(h, n, values.shape[-1]))
+    kept_v = values.gather(1, keep[..., None].expand(h, n, dv))
     evicted = torch.ones(h, L, dtype=torch.bool, device=keys.device)
     evicted.scatter_(1, keep, False)
     if not evicted.any() or how == "none":
         return kept_k, kept_v
     n_ev = int(evicted[0].sum())
     ev_idx = evicted.nonzero()[:, 1].view(h, n_ev)
-    ev_k = keys.gather(1, ev_idx[..., None].expand(h, n_ev, d))
-    ev_v = values.gather(1, ev_idx[..., None].expand(h, n_ev, values.shape[-1]))
-    sim = torch.matmul(F.normalize(ev_k.float(), dim=-1), F.normalize(kept_k.float(), dim=-1).transpose(1, 2))
-    target = sim.argmax(-1)  # [H, n_ev]
-    counts = torch.ones(h, n, dtype=torch.float32, device=keys.device)
-    counts.scatter_add_(1, target, torch.ones_like(target, dtype=torch.float32))
-    sum_k = kept_k.float().scatter_add(1, target[..., None].expand(h, n_ev, d), ev_k.float())
-    sum_v = kept_v.float().scatter_add(1, target[..., None].expand(h, n_ev, values.shape[-1]), ev_v.float())
+    ev_k = keys.gather(1, ev_idx[..., None].expand(h, n_ev, d)).float()
+    ev_v = values.gather(1, ev_idx[..., None].expand(h, n_ev, dv)).float()
+    kk, kv = kept_k.float(), kept_v.float()
+    sim = torch.matmul(F.normalize(ev_k, dim=-1), F.normalize(kk, dim=-1).transpose(1, 2))
+    best, target = sim.max(-1)  # [H, n_ev]
+    if how == "pivot":
+        src_k = (ev_k + kk.gather(1, target[..., None].expand(h, n_ev, d))) / 2
+        src_v = (ev_v + kv.gather(1, target[..., None].expand(h, n_ev, dv))) / 2
+        take = torch.ones(h, n_ev, dtype=torch.float32, device=keys.device)
+    elif how == "weighted":
+        take = (best.mean(0) >= best.mean()).to(torch.float32).expand(h, n_ev)
+        src_k = ev_k * (best * take)[..., None]
+        src_v = ev_v * (best * take)[..., None]
+    else:
+        src_k, src_v = ev_k, ev_v
+        take = torch.ones(h, n_ev, dtype=torch.float32, device=keys.device)
+    counts = torch.ones(h, n, dtype=torch.float32, device=keys.device).scatter_add(1, target, take)
+    sum_k = kk.scatter_add(1, target[..., None].expand(h, n_ev, d), src_k)
+    sum_v = kv.scatter_add(1, target[..., None].expand(h, n_ev, dv), src_v)
     return (sum_k / counts[..., None]).to(keys.dtype), (sum_v / counts[..., None]).to(values.dtype)

@@ -24,6 +24,9 @@ from .base import WindowedEviction
 @dataclass
 class VLCache(WindowedEviction):
     name: ClassVar[str] = "vlcache"
+    refuses: ClassVar[dict[str, str]] = {
+        "kv_cache": "VL-Cache narrows each layer's cache after prefill, which a quantized cache (every entry quantized once, as it arrives) cannot undo",
+    }
     needs_queries: ClassVar[str] = "all"
 
     # ratio: on average over layers; window_size: 10% of each layer's own budget when 0

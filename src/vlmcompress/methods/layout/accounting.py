@@ -5,42 +5,38 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from .flops import DecoderShape, decode_flops, prefill_flops
 from .state import BatchLayout
 
 
-def prompt_entries_held(b: BatchLayout, n_layers: int) -> list[list[float]]:
-    """``[row][layer]``: prompt entries each layer's cache holds for each sample (a mean over
-    KV heads when heads keep different numbers)."""
+def _entries_held(b: BatchLayout, n_layers: int, among: torch.Tensor) -> list[list[float]]:
+    """``[row][layer]``: entries each layer's cache holds of the prompt positions ``among``
+    (``[B, T]`` bool), a mean over KV heads when heads keep different numbers."""
     out = []
     for r in range(b.batch_size):
         held = []
         for l in range(n_layers):
             rec = b.layers.get(l)
             if rec is None:
-                held.append(float(b.prompt_mask[r].sum()))
+                held.append(float(among[r].sum()))
             else:
-                pos = rec.positions[r]  # [H, N]
-                held.append(float((pos >= 0).sum()) / pos.shape[0])
+                pos = rec.positions[r]  # [H, N], -1 on padding
+                hit = among[r].gather(0, pos.clamp(min=0).flatten()).view_as(pos) & (pos >= 0)
+                held.append(float(hit.sum()) / pos.shape[0])
         out.append(held)
     return out
+
+
+def prompt_entries_held(b: BatchLayout, n_layers: int) -> list[list[float]]:
+    """``[row][layer]``: prompt entries each layer's cache holds for each sample."""
+    return _entries_held(b, n_layers, b.prompt_mask)
 
 
 def visual_entries_held(b: BatchLayout, n_layers: int) -> list[list[float]]:
     """``[row][layer]``: visual prompt entries each layer holds for each sample."""
-    out = []
-    for r in range(b.batch_size):
-        held = []
-        for l in range(n_layers):
-            rec = b.layers.get(l)
-            if rec is None:
-                held.append(float(b.image_mask[r].sum()))
-            else:
-                pos = rec.positions[r]
-                img = b.image_mask[r].gather(0, pos.clamp(min=0).flatten()).view_as(pos) & (pos >= 0)
-                held.append(float(img.sum()) / pos.shape[0])
-        out.append(held)
-    return out
+    return _entries_held(b, n_layers, b.image_mask)
 
 
 def sample_stats(b: BatchLayout, n_layers: int, shape: DecoderShape) -> list[dict[str, Any]]:

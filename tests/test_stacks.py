@@ -106,3 +106,15 @@ def test_eviction_stacks_that_cannot_compose_are_refused(spec, words):
         build_setting(spec)
     for w in words:
         assert w in str(err.value)
+
+
+def test_two_vision_pruners_are_refused():
+    with pytest.raises(ConfigError, match="visionzip and prumerge_plus"):
+        build_setting("visionzip(ratio=0.4)+prumerge_plus(ratio=0.4)")
+
+
+def test_fastv_layer_beyond_the_decoder_is_refused_before_the_baseline(tiny_llava_dir, tmp_path):
+    cfg = RunConfig(model=str(tiny_llava_dir), tasks=["synth_attribute"], limit=4, batch_size=4, output=str(tmp_path), settings=["fastv(layer=9)"])
+    with pytest.raises(ConfigError, match="layer=9"):
+        run(cfg)
+    assert _cells(tmp_path) == []

@@ -73,8 +73,9 @@ def test_prumerge_plus_select_iqr_then_uniform():
     att[[3, 11]] = torch.tensor([0.9, 0.5])  # the only IQR outliers
     kept = V.prumerge_plus_select(att, 6)
     assert {3, 11} <= set(kept.tolist()) and len(kept) == 6
-    free = [i for i in range(20) if i not in (3, 11)]
-    assert kept.tolist() == sorted([3, 11] + [free[int(j * len(free) / 4)] for j in range(4)])
+    # the uniform samples are the grid 0, 3, 6, ... (step 20 // 6) minus the outliers, in order
+    grid = [i for i in range(0, 20, 20 // 6) if i not in (3, 11)]
+    assert kept.tolist() == sorted([3, 11] + grid[:4])
     # more outliers than budget: the best ones
     att2 = torch.cat([torch.full((16,), 0.01), torch.tensor([0.5, 0.6, 0.7, 0.8])])
     assert V.prumerge_plus_select(att2, 2).tolist() == [18, 19]
@@ -84,7 +85,7 @@ def test_prumerge_merge_reference():
     g = torch.Generator().manual_seed(2)
     feats, keys, att = torch.randn(10, 4, generator=g), torch.randn(10, 3, generator=g), torch.rand(10, generator=g)
     kept = torch.tensor([1, 6])
-    out = V.prumerge_merge(feats, keys, att, kept, 3)
+    out = V.prumerge_merge(feats, keys, att, kept, 3, pool="pruned")  # merge_from=pruned (the reference's pool is checked in test_visual_fidelity)
     kn = F.normalize(keys, dim=-1)
     pruned = [i for i in range(10) if i not in (1, 6)]
     for row, i in enumerate([1, 6]):
@@ -118,6 +119,8 @@ def test_ratio_one_leaves_outputs_unchanged(llava, spec):
     base, _, _, _ = generate(llava, "none")
     inner = spec[spec.index("(") + 1 : -1] + "," if "(" in spec else ""
     name = spec.split("(")[0]
+    if name == "prumerge_plus":  # the reference merges every token even when nothing is pruned
+        inner += "merge_from=pruned,"
     out, stats, _, _ = generate(llava, f"{name}({inner}ratio=1.0)")
     assert out.sequences.tolist() == base.sequences.tolist()
     for a, b in zip(base.scores, out.scores):
@@ -212,12 +215,11 @@ def test_received_attention_matches_full_map():
 def test_group_tokens_packs_consecutive_patches():
     scores = torch.arange(8.0)
     keys = torch.arange(16.0).view(8, 2)
-    feats = torch.arange(24.0).view(8, 3)
-    s, k, f = V.group_tokens(scores, keys, feats, 4)
-    assert s.tolist() == [0 + 1 + 2 + 3, 4 + 5 + 6 + 7]
-    assert k[1].tolist() == list(range(8, 16)) and f[0].tolist() == list(range(12))
+    s, k = V.group_tokens(scores, keys, 4)  # window means, as EffiVLM-Bench's view(-1, 4).mean
+    assert s.tolist() == [(0 + 1 + 2 + 3) / 4, (4 + 5 + 6 + 7) / 4]
+    assert k[1].tolist() == [(8 + 10 + 12 + 14) / 4, (9 + 11 + 13 + 15) / 4]
     with pytest.raises(ValueError):
-        V.group_tokens(torch.zeros(6), torch.zeros(6, 2), torch.zeros(6, 3), 4)
+        V.group_tokens(torch.zeros(6), torch.zeros(6, 2), 4)
 
 
 @pytest.mark.parametrize("name", ["visionzip", "prumerge_plus"])
@@ -228,11 +230,11 @@ def test_window_selection_on_hand_built_attention(name):
     received[5 * 4 + 3] = 0.5  # a patch of window 5
     received[2 * 4 + 0] = 0.3  # a patch of window 2
     g = torch.Generator().manual_seed(4)
-    keys, feats = torch.randn(32, 3, generator=g), torch.randn(32, 2, generator=g)
-    scores, wkeys, wfeats = V.group_tokens(received, keys, feats, 4)
+    keys, wfeats = torch.randn(32, 3, generator=g), torch.randn(8, 2, generator=g)  # features: the merger's output, one row per window
+    scores, wkeys = V.group_tokens(received, keys, 4)
     method = build_setting(f"{name}(ratio=0.5)").ordered()[0]
     new, keep = method.reduce_image(wfeats, scores, wkeys)
-    window_scores = [sum(received[4 * w : 4 * w + 4].tolist()) for w in range(8)]
+    window_scores = [sum(received[4 * w : 4 * w + 4].tolist()) / 4 for w in range(8)]
     assert set(python_top(window_scores, 2)) == {2, 5}
     if name == "visionzip":  # 4 windows kept: 3 dominant (54/64 of 4, rounded), 1 strided contextual
         want = python_visionzip_keep(window_scores, 4, method.dominant_share)
@@ -240,7 +242,7 @@ def test_window_selection_on_hand_built_attention(name):
         want = python_prumerge_plus_keep(window_scores, 4)
     assert {2, 5} <= set(want)
     assert keep.nonzero().flatten().tolist() == want
-    assert new.shape == wfeats.shape and new.view(32, 2).shape == feats.shape  # still one merger input per patch
+    assert new.shape == wfeats.shape  # still one row per LLM token
 
 
 def _image(h, w, seed):
@@ -280,8 +282,9 @@ def kept_positions(layers, r):
 
 
 def capture_last_vision_block(model):
-    """Hook recording the last vision block's attention inputs (naive reference input)."""
-    attn = model.model.visual.blocks[-1].attn
+    """Hook recording the scoring block's attention inputs (naive reference input): the
+    second-to-last vision block, as in EffiVLM-Bench."""
+    attn = model.model.visual.blocks[-2].attn
     seen = []
     h = attn.register_forward_pre_hook(lambda m, a, kw: seen.append((a[0].clone(), kw["cu_seqlens"].clone(), kw["position_embeddings"])), with_kwargs=True)
     return attn, seen, h
@@ -289,8 +292,8 @@ def capture_last_vision_block(model):
 
 def naive_window_scores(attn, hidden, cu, pos_emb):
     """Per image: mean attention each patch receives from all patches of its image (full
-    softmax map, float64, every head), summed over each 4-patch merger window; and the
-    windows' concatenated head-averaged keys."""
+    softmax map, float64, every head), averaged over each 4-patch merger window; and the
+    windows' mean head-averaged keys."""
     from transformers.models.qwen2_vl.modeling_qwen2_vl import apply_rotary_pos_emb_vision
 
     N = hidden.shape[0]
@@ -303,7 +306,7 @@ def naive_window_scores(attn, hidden, cu, pos_emb):
         full = torch.softmax(qi @ ki.transpose(1, 2) * attn.scaling, -1)  # [H, n, n]
         per_patch = full.sum((0, 1)) / (full.shape[0] * full.shape[1])
         keys = k[s:e].mean(1)
-        out.append(([float(per_patch[i : i + 4].sum()) for i in range(0, e - s, 4)], keys.reshape((e - s) // 4, -1)))
+        out.append(([float(per_patch[i : i + 4].mean()) for i in range(0, e - s, 4)], keys.reshape((e - s) // 4, 4, -1).mean(1)))
     return out
 
 
@@ -319,10 +322,12 @@ def python_visionzip_keep(scores, n_keep, share):
 def python_prumerge_plus_keep(scores, n_keep):
     q1, q3 = np.quantile(np.array(scores, dtype=np.float32), [0.25, 0.75])
     bound = q3 + 1.5 * (q3 - q1)
-    outliers = sorted([i for i, v in enumerate(scores) if np.float32(v) > bound], key=lambda i: (-scores[i], i))[:n_keep]
-    free = [i for i in range(len(scores)) if i not in outliers]
-    need = n_keep - len(outliers)
-    return sorted(outliers + [free[int(j * len(free) / need)] for j in range(need)] if need else outliers)
+    n_adaptive = max(1, sum(np.float32(v) > bound for v in scores))  # at least the best token
+    if n_keep <= n_adaptive:
+        return python_top(scores, n_keep)
+    adaptive = python_top(scores, n_adaptive)
+    grid = [i for i in range(0, len(scores), max(1, len(scores) // n_keep)) if i not in adaptive]  # EffiVLM-Bench's uniform samples
+    return sorted(adaptive + grid[: n_keep - n_adaptive])
 
 
 @pytest.mark.parametrize("spec", ["visionzip(ratio=0.4)", "prumerge_plus(ratio=0.4)", "visionzip(ratio=0.3,dominant_share=0.5)"])
@@ -391,7 +396,8 @@ def test_qwen2_vl_ratio_one_leaves_outputs_unchanged(qwen, name):
     _, _, adapter = qwen
     batch, _, _ = qwen_multi_image_batch(adapter)
     base, _, _, _ = generate(qwen, "none", batch=batch)
-    out, stats, _, _ = generate(qwen, f"{name}(ratio=1.0)", batch=batch)
+    inner = "merge_from=pruned," if name == "prumerge_plus" else ""  # the reference merges every token even when nothing is pruned
+    out, stats, _, _ = generate(qwen, f"{name}({inner}ratio=1.0)", batch=batch)
     assert out.sequences.tolist() == base.sequences.tolist()
     for a, b in zip(base.scores, out.scores):
         assert torch.allclose(a, b, atol=1e-5)

@@ -41,10 +41,13 @@ class VisionScoring:
     """Where the vision-side pruners (VisionZip, PruMerge+) read a token's importance.
 
     ``cls``: a tower with a CLS token whose patches reach the projector one to one; the
-    score is the CLS query's attention in ``attention`` (the feature layer).
+    score is the CLS query's attention in ``attention`` (the encoder layer the method's
+    reference reads: VisionZip the feature layer, PruMerge+ the one after it).
     ``merger``: a tower without CLS whose projector packs ``group`` consecutive patches
     into one LLM token; the score is the attention a patch receives in ``attention`` (the
-    last block), whose queries and keys take the tower's own ``rotary``.
+    second-to-last block, where EffiVLM-Bench scores on Qwen2-VL), whose queries and keys
+    take the tower's own ``rotary``.  Towers without CLS and without a merger (SigLIP under
+    LLaVA-OneVision) have no site yet and are refused.
     """
 
     kind: Literal["cls", "merger"]

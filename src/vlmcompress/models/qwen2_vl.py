@@ -21,14 +21,17 @@ class Qwen2VLAdapter(ModelAdapter):
     scale_predecessors = {**LLAMA_CLIP_PREDECESSORS, "mlp.fc1": ("layer_norm2", "norm2"), "attn.qkv": ("norm1",)}
 
     def vision_scoring(self, method: str) -> VisionScoring:
-        """The attention patches receive in the last vision block; the PatchMerger packs
-        each ``m x m`` window (``m = spatial_merge_size``) of patches, ``m*m`` consecutive
-        rows in the processor's patch order, into one token."""
+        """The attention patches receive in the second-to-last vision block (where
+        EffiVLM-Bench scores VisionZip and PruMerge+ on Qwen2-VL; the only block of a
+        one-block tower); the PatchMerger packs each ``m x m`` window (``m =
+        spatial_merge_size``) of patches, ``m*m`` consecutive rows in the processor's
+        patch order, into one token, and the pruners select and merge its output."""
         if self.model.config.model_type == "qwen2_5_vl":
             raise ConfigError(
                 f"{method}: Qwen2.5-VL's tower permutes patches into attention windows before its merger; only Qwen2-VL's merger tower is supported"
             )
-        attn = self.vision_layers[-1].attn
+        blocks = self.vision_layers
+        attn = blocks[max(0, len(blocks) - 2)].attn
         rotary = getattr(importlib.import_module(type(attn).__module__), "apply_rotary_pos_emb_vision")
         group = int(self.model.config.vision_config.spatial_merge_size) ** 2
         return VisionScoring("merger", attn, self.projector, group=group, rotary=rotary)

@@ -32,6 +32,10 @@ class FastV(LayoutMethod):
         self.check_choice("query", ("last", "all"))
         self.check_range("chunk", 1, None)
 
+    def check_model(self, ctx) -> None:
+        super().check_model(ctx)
+        self.setup(ctx)
+
     def setup(self, ctx) -> None:
         n = len(ctx.adapter.decoder_layers)
         if self.layer >= n:

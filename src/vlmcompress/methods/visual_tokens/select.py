@@ -35,17 +35,35 @@ def received_attention(q: torch.Tensor, k: torch.Tensor, scaling: float, chunk: 
     return attention_column_sums(q, k, scaling, chunk, causal=False).mean(0) / n
 
 
-def group_tokens(scores: torch.Tensor, keys: torch.Tensor, features: torch.Tensor, group: int):
-    """Patch-level tensors of one image -> one row per LLM token, where every ``group``
-    consecutive patches become one token (Qwen2-VL's PatchMerger packs each 2x2 window
-    into ``group = 4`` consecutive rows).  ``scores`` ``[n]`` -> ``[G]`` summed (the share of
-    attention the window receives); ``keys`` ``[n, Dk]`` -> ``[G, group*Dk]`` and ``features``
-    ``[n, C]`` -> ``[G, group*C]`` concatenated, the way the merger itself reads a window."""
+def cls_query_attention(q: torch.Tensor, k: torch.Tensor, heads: int, scaling: float, full_width: bool) -> torch.Tensor:
+    """Attention the CLS query pays every token of its image: ``q`` ``[n, E]`` (the CLS
+    row's query projection, heads side by side), ``k`` ``[n, T, E]`` -> ``[n, T]``.
+
+    ``full_width=False`` (VisionZip): the encoder's own per-head softmax (``scaling`` =
+    ``head_dim ** -0.5``), summed over the ``heads``.  ``full_width=True`` (PruMerge): ONE
+    softmax of ``q . k / sqrt(E)`` over the undivided ``E``-wide projections, i.e. the heads'
+    logits summed before a single softmax, scaled by the full width rather than the head
+    width; it sums to 1, where the head-summed one sums to ``heads``."""
+    q, k = q.float(), k.float()
+    n, T, E = k.shape
+    if full_width:
+        return torch.einsum("ne,nte->nt", q, k).mul(E**-0.5).softmax(-1)
+    hd = E // heads
+    logits = torch.einsum("nhd,nthd->nht", q.view(n, heads, hd), k.view(n, T, heads, hd)) * scaling
+    return logits.softmax(-1).sum(1)
+
+
+def group_tokens(scores: torch.Tensor, keys: torch.Tensor, group: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Patch-level scores and keys of one image -> one row per LLM token, where every
+    ``group`` consecutive patches become one token (Qwen2-VL's PatchMerger packs each 2x2
+    window into ``group = 4`` consecutive rows): both are averaged over the window, as
+    EffiVLM-Bench does (``view(-1, 4).mean``).  ``scores`` ``[n]`` -> ``[G]``, ``keys``
+    ``[n, Dk]`` -> ``[G, Dk]``."""
     n = scores.shape[0]
     if n % group:
         raise ValueError(f"{n} patches do not split into merger groups of {group}")
     G = n // group
-    return scores.view(G, group).sum(-1), keys.reshape(G, -1), features.reshape(G, -1)
+    return scores.float().view(G, group).mean(-1), keys.float().reshape(G, group, -1).mean(1)
 
 
 def fastv_keep(scores: torch.Tensor, image: torch.Tensor, ratio: float) -> torch.Tensor:
@@ -66,31 +84,39 @@ def visionzip_split(n_keep: int, dominant_share: float) -> tuple[int, int]:
     return dominant, n_keep - dominant
 
 
-def visionzip_select(attention: torch.Tensor, metric: torch.Tensor, n_keep: int, dominant_share: float):
+def visionzip_select(attention: torch.Tensor, metric: torch.Tensor, n_keep: int, dominant_share: float, cls: bool = False):
     """VisionZip on one image of ``P`` tokens.
 
     ``attention`` ``[P]``: attention each token receives (CLS attention summed over heads);
     ``metric`` ``[P, Dm]``: the keys used to compare tokens.  Dominant tokens are the top
     by attention; the remaining ones are split into evenly strided *targets* (the
-    contextual tokens) and the rest, each merged into its most similar target (cosine).
+    contextual tokens: positions ``0, s, 2s, ...`` of the remaining list, ``s = rest //
+    n_ctx``) and the rest, each merged into its most similar target (cosine).
+    ``cls=True``: token 0 is the CLS token, which the reference always keeps as one of
+    the dominant tokens (``dominant`` = CLS + the best ``n_dom - 1`` patches) and never
+    offers as a contextual target.
 
     Returns ``(dominant [n_d], targets [n_c], merged [m], assign [m])``: indices into the
     image's tokens; ``assign[i]`` is the position in ``targets`` that ``merged[i]`` joins.
     """
     P = attention.shape[0]
+    dev = attention.device
     n_dom, n_ctx = visionzip_split(min(n_keep, P), dominant_share)
-    dominant = top_indices(attention, n_dom)
-    rest = torch.ones(P, dtype=torch.bool, device=attention.device)
+    if cls:
+        dominant = torch.cat([torch.zeros(1, dtype=torch.long, device=dev), top_indices(attention[1:], n_dom - 1) + 1])
+    else:
+        dominant = top_indices(attention, n_dom)
+    rest = torch.ones(P, dtype=torch.bool, device=dev)
     rest[dominant] = False
     rest_idx = rest.nonzero().flatten()
     if n_ctx == 0 or rest_idx.numel() == 0:
-        empty = torch.empty(0, dtype=torch.long, device=attention.device)
+        empty = torch.empty(0, dtype=torch.long, device=dev)
         return dominant, empty, empty, empty
     n_ctx = min(n_ctx, rest_idx.numel())
     step = max(1, rest_idx.numel() // n_ctx)
-    pick = torch.arange(0, rest_idx.numel(), step, device=attention.device)[:n_ctx]
+    pick = torch.arange(0, rest_idx.numel(), step, device=dev)[:n_ctx]
     targets = rest_idx[pick]
-    others = torch.ones(rest_idx.numel(), dtype=torch.bool, device=attention.device)
+    others = torch.ones(rest_idx.numel(), dtype=torch.bool, device=dev)
     others[pick] = False
     merged = rest_idx[others]
     if merged.numel() == 0:
@@ -124,35 +150,54 @@ def iqr_outliers(attention: torch.Tensor) -> torch.Tensor:
 
 
 def prumerge_plus_select(attention: torch.Tensor, n_keep: int) -> torch.Tensor:
-    """PruMerge+ kept set: the IQR outliers (capped at the budget, best first), then
-    spatially uniform samples (evenly strided indices not yet chosen) up to the budget."""
+    """PruMerge+ kept set under a budget, EffiVLM-Bench's rule: the adaptive set is the
+    IQR outliers (at least one token: the best one when there is no outlier).  When the
+    budget exceeds it, the other slots go to the spatially uniform positions ``0, s, 2s,
+    ...`` (``s = P // n_keep``) that the adaptive set does not hold, in that order (there
+    are always enough: the grid has ``ceil(P / s) >= n_keep`` points); otherwise the
+    ``n_keep`` best tokens by attention are kept."""
     P = attention.shape[0]
     n_keep = min(n_keep, P)
-    chosen = iqr_outliers(attention)[:n_keep].tolist()
-    taken = set(chosen)
-    if len(chosen) < n_keep:
-        need = n_keep - len(chosen)
-        free = [i for i in range(P) if i not in taken]
-        step = len(free) / need
-        chosen += [free[int(j * step)] for j in range(need)]
-    return torch.tensor(sorted(chosen), dtype=torch.long, device=attention.device)
+    n_adaptive = max(1, iqr_outliers(attention).numel())
+    if n_keep <= n_adaptive:
+        return top_indices(attention, n_keep)
+    adaptive = top_indices(attention, n_adaptive)
+    taken = torch.zeros(P, dtype=torch.bool, device=attention.device)
+    taken[adaptive] = True
+    grid = torch.arange(0, P, max(1, P // n_keep), device=attention.device)
+    fill = grid[~taken[grid]][: n_keep - n_adaptive]
+    return torch.cat([adaptive, fill]).sort().values
 
 
-def prumerge_merge(features: torch.Tensor, keys: torch.Tensor, attention: torch.Tensor, kept: torch.Tensor, neighbours: int) -> torch.Tensor:
+def prumerge_merge(features: torch.Tensor, keys: torch.Tensor, attention: torch.Tensor, kept: torch.Tensor, neighbours: int, pool: str = "all") -> torch.Tensor:
     """PruMerge's merge: each kept token ``x_i`` becomes ``x_i + sum_j a_j x_j`` over its
-    ``neighbours`` most key-similar *pruned* tokens ``j``, weighted by their CLS attention
-    ``a_j``.  (The reference also lets kept tokens absorb each other; drawing neighbours
-    from the pruned tokens only means nothing is merged when nothing is pruned, and no
-    kept token's information is counted twice.)  Returns the kept tokens' features ``[n, C]``."""
+    ``neighbours`` most key-similar (cosine) tokens ``j``, weighted by their raw attention
+    score ``a_j`` (not normalised), all read from the unmerged features.
+
+    ``pool="all"`` (the reference): ``j`` ranges over every other token of the image,
+    kept or pruned.  ``pool="pruned"``: over the pruned tokens only (nothing is merged
+    when nothing is pruned, and no kept token's information is counted twice).
+    Returns the kept tokens' features ``[n, C]``."""
     P = features.shape[0]
-    pruned = torch.ones(P, dtype=torch.bool, device=features.device)
-    pruned[kept] = False
-    pruned_idx = pruned.nonzero().flatten()
-    nb = min(neighbours, pruned_idx.numel())
+    n = kept.numel()
+    candidate = torch.ones(n, P, dtype=torch.bool, device=features.device)
+    if pool == "pruned":
+        candidate[:, kept] = False
+    else:
+        candidate[torch.arange(n, device=features.device), kept] = False  # every token but itself
+    nb = min(neighbours, int(candidate[0].sum()) if n else 0)
     if nb <= 0:
         return features[kept].clone()
     k = F.normalize(keys.float(), dim=-1)
-    sim = k[kept] @ k[pruned_idx].T  # [n, P - n]
-    idx = pruned_idx[torch.sort(sim, dim=-1, descending=True, stable=True).indices[:, :nb]]  # [n, nb]
+    sim = (k[kept] @ k.T).masked_fill(~candidate, float("-inf"))  # [n, P]
+    idx = torch.sort(sim, dim=-1, descending=True, stable=True).indices[:, :nb]  # [n, nb]
     w = attention.float()[idx][..., None]
     return (features[kept].float() + (features.float()[idx] * w).sum(1)).to(features.dtype)
+
+
+def prumerge_extra_token(features: torch.Tensor, attention: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+    """PruMerge+'s extra token: the attention-weighted sum ``sum_j a_j x_j`` of the pruned
+    tokens (raw weights), ``[C]``."""
+    pruned = torch.ones(features.shape[0], dtype=torch.bool, device=features.device)
+    pruned[kept] = False
+    return (features[pruned].float() * attention.float()[pruned][:, None]).sum(0).to(features.dtype)

@@ -50,7 +50,8 @@ def cli(verbose: bool) -> None:
 @click.option("--max-new-tokens", type=int)
 @click.option("--trust-remote-code", is_flag=True, default=None, help="Allow a hub model's own code (off unless set).")
 @click.option("--data-dir", help="Local dataset copies: DATA_DIR/<dataset id>/ laid out as the hub repo (default: the hub and the HF cache).")
-def run(config, model, tasks, compress, limit, batch_size, seed, output, device, dtype, max_new_tokens, trust_remote_code, data_dir) -> None:
+@click.option("--toxicity-model", help="Local folder of an HF text classifier that scores toxicity (social_counterfactuals).")
+def run(config, model, tasks, compress, limit, batch_size, seed, output, device, dtype, max_new_tokens, trust_remote_code, data_dir, toxicity_model) -> None:
     """Run a sweep (no arguments: the embedded model on the held-out synthetic suite)."""
     from .runner import RunConfig
     from .runner import run as run_sweep
@@ -58,6 +59,7 @@ def run(config, model, tasks, compress, limit, batch_size, seed, output, device,
     overrides = {
         "model": model, "tasks": tasks, "limit": limit, "batch_size": batch_size, "seed": seed, "output": output,
         "device": device, "dtype": dtype, "max_new_tokens": max_new_tokens, "trust_remote_code": trust_remote_code, "data_dir": data_dir,
+        "toxicity_model": toxicity_model,
     }
     if compress:
         overrides["compress"] = list(compress)

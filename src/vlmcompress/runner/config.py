@@ -36,6 +36,7 @@ class RunConfig:
     calibration_samples: int = 32
     calibration_seed: int = 0  # differs from `seed`, so calibration never sees evaluated samples
     data_dir: str | None = None  # local dataset copies, DATA_DIR/<dataset id>/ as the hub repo (None: the hub and HF_HOME cache)
+    toxicity_model: str | None = None  # local folder of an HF text classifier scoring toxicity (social_counterfactuals)
 
     @property
     def models(self) -> list[str]:
@@ -64,8 +65,10 @@ class RunConfig:
             raise ConfigError(f"device={self.device!r} is not allowed; allowed: {', '.join(DEVICES)} or cuda:N")
         if self.dtype not in DTYPES:
             raise ConfigError(f"dtype={self.dtype!r} is not allowed; allowed: {', '.join(DTYPES)}")
-        if self.data_dir is not None and (not isinstance(self.data_dir, str) or not Path(self.data_dir).expanduser().is_dir()):
-            raise ConfigError(f"data_dir={self.data_dir!r} is not a folder")
+        for key in ("data_dir", "toxicity_model"):
+            value = getattr(self, key)
+            if value is not None and (not isinstance(value, str) or not Path(value).expanduser().is_dir()):
+                raise ConfigError(f"{key}={value!r} is not a folder")
         settings = [build_setting(BASELINE)]
         seen = {BASELINE}
         for spec in self.settings:

@@ -88,6 +88,7 @@ def run(config: RunConfig, *, echo: Callable[[str], None] | None = None) -> dict
     settings = config.validate()  # the only validation of a run: every knob before any work
     say = echo or (lambda msg: None)
     say(f"vlmcompress: {len(config.models)} model(s) × {len(settings)} setting(s) × {len(config.tasks)} task(s) → {config.output}")
+    tasks = {name: TASKS.get(name).with_run_options(toxicity_model=config.toxicity_model) for name in config.tasks}
     out_dir = Path(config.output)
     out_dir.mkdir(parents=True, exist_ok=True)
     store = Store(out_dir / "results.sqlite")
@@ -103,7 +104,7 @@ def run(config: RunConfig, *, echo: Callable[[str], None] | None = None) -> dict
 
             def samples_of(task_name: str) -> list[Sample]:
                 if task_name not in sample_cache:
-                    sample_cache[task_name] = TASKS.get(task_name).samples(config.seed, config.limit, config.data_dir)
+                    sample_cache[task_name] = tasks[task_name].samples(config.seed, config.limit, config.data_dir)
                 return sample_cache[task_name]
 
             baseline = settings[0]
@@ -135,7 +136,7 @@ def run(config: RunConfig, *, echo: Callable[[str], None] | None = None) -> dict
                 ctx.info.setdefault("prepare_s", time.perf_counter() - started)
                 try:
                     for task_name in todo:
-                        task = TASKS.get(task_name)
+                        task = tasks[task_name]
                         samples = samples_of(task_name)
                         cell_started = time.perf_counter()
                         out = evaluate_cell(ctx, ordered, task, samples, config.batch_size, device, config.max_new_tokens)

@@ -70,6 +70,10 @@ class Task:
         """95% bootstrap interval of the primary metric (here: the mean per-sample score)."""
         return bootstrap_ci([r["score"] for r in rows if r.get("score") is not None], seed=seed)
 
+    def with_run_options(self, *, toxicity_model: str | None = None) -> "Task":
+        """This task as a run configures it (options that do not concern it are ignored)."""
+        return self
+
     def describe(self) -> dict[str, Any]:
         """What ``vlmcompress list tasks`` shows besides the name."""
         return {"dataset": "built-in synthetic suite", "metrics": ["accuracy"], "primary_metric": self.primary_metric}

@@ -57,7 +57,7 @@ POPE_METRICS = ("pope_accuracy", "pope_precision", "pope_recall", "pope_f1_score
 
 def pope_process_results(doc: Mapping[str, Any], response: str) -> Results:
     s = pope_sample(clean_response(response), str(doc["answer"]))
-    return {m: s for m in POPE_METRICS}
+    return {m: s for m in (*POPE_METRICS, "pope_pred_yes_ratio")}
 
 
 def pope_sample_score(r: Results) -> float:

@@ -182,6 +182,7 @@ POPE = LmmsTaskSpec(
     sample_score=R.pope_sample_score,
     primary_is_sample_mean=False,
     reference="lmms_eval/tasks/pope/pope.yaml, pope/utils.py",
+    extra_metrics=("pope_pred_yes_ratio",),
     notes="F1 (yes = positive) is the number papers quote; sample_score is per-question accuracy.",
 )
 

@@ -54,6 +54,8 @@ def pope_aggregate(metric: str, samples: Sequence[Mapping[str, Any]]) -> float:
         return recall
     if metric == "pope_f1_score":
         return 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    if metric == "pope_pred_yes_ratio":  # ours, not lmms-eval's: the model's share of "yes" (its yes-bias)
+        return sum(1 for s in samples if s["prediction"] == "yes") / len(samples) if samples else 0.0
     if metric == "pope_yes_ratio":
         yes = sum(1 for s in samples if s["ground_truth"] == "yes")
         no = sum(1 for s in samples if s["ground_truth"] == "no")

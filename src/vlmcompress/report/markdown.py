@@ -39,6 +39,25 @@ def _ratio(base: Any, value: Any) -> str:
     return "–" if x is None else f"{x:.2f}×"
 
 
+# (task, metric, column label, shown as the shift from the baseline): the trust figures
+# LVLM-Compress-Bench looks at (hallucination, yes-bias, counterfactual bias)
+TRUST_COLUMNS = [
+    ("synth_exists", "f1", "synthetic POPE F1", False),
+    ("synth_exists", "adversarial_accuracy", "adversarial accuracy", False),
+    ("synth_exists", "yes_ratio", "yes-ratio shift", True),
+    ("pope", "pope_f1_score", "POPE F1", False),
+    ("pope", "pope_pred_yes_ratio", "POPE yes-ratio shift", True),
+    ("hallusion_bench_image", "aAcc", "HallusionBench aAcc", False),
+    ("hallusion_bench_image", "qAcc", "qAcc", False),
+    ("hallusion_bench_image", "fAcc", "fAcc", False),
+    ("synth_counterfactual", "consistency", "counterfactual consistency", False),
+    ("social_counterfactuals", "consistency", "SocialCounterfactuals consistency", False),
+    ("social_counterfactuals", "competency_rate_spread", "competency spread", False),
+    ("social_counterfactuals", "max_toxicity", "MaxToxicity", False),
+    ("social_counterfactuals", "max_toxicity", "MaxToxicity shift", True),
+]
+
+
 def render_markdown(results: dict[str, Any]) -> str:
     cells = results.get("cells", [])
     out = ["# vlmcompress report", ""]
@@ -88,20 +107,20 @@ def render_markdown(results: dict[str, Any]) -> str:
                 f"{_bytes(mean_efficiency(sc, 'peak_memory_bytes'))} | {_bytes(mean_efficiency(sc, 'weight_bytes'))} | {_bytes(mean_efficiency(sc, 'kv_bytes'))} |"
             )
         out.append("")
-        trust_rows = []
-        for s in settings:
-            e = grid.get((s, "synth_exists"))
-            cf = grid.get((s, "synth_counterfactual"))
-            if e or cf:
-                be = grid.get((BASELINE, "synth_exists"))
-                yes = e["scores"].get("yes_ratio") if e else None
-                shift = yes - be["scores"].get("yes_ratio") if (e and be and yes is not None and be["scores"].get("yes_ratio") is not None) else None
-                trust_rows.append(
-                    f"| `{_md_cell(s)}` | {_fmt(e['scores'].get('f1') if e else None)} | {_fmt(e['scores'].get('adversarial_accuracy') if e else None)} | "
-                    f"{_fmt(yes)} | {_fmt(shift)} | {_fmt(cf['scores'].get('consistency') if cf else None)} |"
-                )
-        if trust_rows:
-            out += ["### Trust", "", "| setting | POPE F1 | adversarial accuracy | yes-ratio | yes-ratio shift | counterfactual consistency |", "|---|---|---|---|---|---|", *trust_rows, ""]
+        columns = [col for col in TRUST_COLUMNS if any(t == col[0] for t in tasks)]
+        if columns:
+            out += ["### Trust", "", "| setting | " + " | ".join(col[2] for col in columns) + " |", "|---" * (len(columns) + 1) + "|"]
+            for s in settings:
+                vals = []
+                for task, metric, _, shift in columns:
+                    c, b = grid.get((s, task)), grid.get((BASELINE, task))
+                    value = c["scores"].get(metric) if c else None
+                    if shift:
+                        base = b["scores"].get(metric) if b else None
+                        value = value - base if value is not None and base is not None else None
+                    vals.append(_fmt(value))
+                out.append(f"| `{_md_cell(s)}` | " + " | ".join(vals) + " |")
+            out.append("")
         flips = [c for c in mcells if c["setting"] != BASELINE]
         if flips:
             out += ["### Flips against the baseline", "", "| setting | task | right→wrong | wrong→right | McNemar p | errors |", "|---|---|---|---|---|---|"]

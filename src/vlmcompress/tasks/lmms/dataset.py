@@ -51,19 +51,49 @@ def local_copy(spec: LmmsTaskSpec, data_dir: str | Path) -> Path:
     raise ConfigError(f"{spec.name}: no local copy of {spec.dataset_id} (looked for {looked}); {fetch_hint(spec.dataset_id)}")
 
 
+def local_cache_dir(folder: Path) -> str:
+    """The ``datasets`` cache folder of one local copy, as its files are now.
+
+    ``load_dataset`` keys the cache of a local folder by the folder's *name* and its
+    README's ``data_files`` patterns only, so two copies named alike (``lmms-lab/POPE`` and
+    ``lmms-lab-encoder/POPE``, two data dirs, a copy re-downloaded or edited in place) would
+    share one cache and the second would silently read the first's rows. Each copy gets a
+    cache of its own instead, keyed by its resolved path and the name, size and mtime of
+    every file in it (hidden folders such as ``.cache/`` left out).
+    """
+    import hashlib
+
+    import datasets
+
+    digest = hashlib.sha256(str(folder.resolve()).encode("utf-8"))
+    for path in sorted(folder.rglob("*")):
+        rel = path.relative_to(folder)
+        if any(part.startswith(".") for part in rel.parts) or not path.is_file():
+            continue
+        stat = path.stat()
+        digest.update(f"\0{rel.as_posix()}\0{stat.st_size}\0{stat.st_mtime_ns}".encode())
+    return str(Path(datasets.config.HF_DATASETS_CACHE) / "vlmcompress-local" / digest.hexdigest()[:16])
+
+
 def _load(spec: LmmsTaskSpec, source: str, config: str | None, split: str, limit: int | None):
     """``load_dataset`` with one-line errors; ``limit`` takes the first rows of the split."""
     import datasets
 
     split_expr = split if limit is None else f"{split}[:{limit}]"
+    cache_dir = local_cache_dir(Path(source)) if Path(source).is_dir() else None
     try:
-        return datasets.load_dataset(source, name=config, split=split_expr)
+        return datasets.load_dataset(source, name=config, split=split_expr, cache_dir=cache_dir)
     except (ConnectionError, OSError, datasets.exceptions.DatasetNotFoundError) as exc:
         if Path(source).is_dir():
             raise ConfigError(f"{spec.name}: cannot read the local copy {source!r}: {_first_line(exc)}") from None
         raise ConfigError(f"{spec.name}: dataset {spec.dataset_id} is not reachable (offline, or not on the hub) and not in the HF cache; {fetch_hint(spec.dataset_id)}") from None
     except ValueError as exc:  # unknown config or split
         raise ConfigError(f"{spec.name}: {spec.dataset_id} (config {config!r}, split {split!r}): {_first_line(exc)}") from None
+    except datasets.exceptions.DatasetGenerationError as exc:  # files of the config that do not agree (e.g. two revisions mixed)
+        cause = exc.__cause__ or exc.__context__
+        lines = str(cause or exc).strip().splitlines() or [type(exc).__name__]
+        detail = lines[0] if len(lines) == 1 else f"{lines[0]} ... {lines[-1]}"
+        raise ConfigError(f"{spec.name}: cannot build {spec.dataset_id} (config {config!r}) from {source!r}: {detail[:300]}") from None
 
 
 def _first_line(exc: BaseException) -> str:

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import io
 import json
-import math
-from itertools import product
 from pathlib import Path
 
 import pytest

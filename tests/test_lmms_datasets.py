@@ -32,25 +32,7 @@ from vlmcompress.tasks.lmms.specs import LMMS_TASK_SPECS
 N = 6  # rows in each task's split (the fixture's default)
 
 
-@pytest.fixture(autouse=True)
-def _offline_datasets(tmp_path_factory, monkeypatch):
-    """``datasets`` offline, caching under a temporary folder (its config is read at import
-    time, so the module attributes are patched, not only the environment)."""
-    import datasets
-
-    cache = tmp_path_factory.getbasetemp() / "hf-cache"
-    for var in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"):
-        monkeypatch.setenv(var, "1")
-    monkeypatch.setenv("HF_HOME", str(cache))
-    monkeypatch.setenv("HF_DATASETS_CACHE", str(cache / "datasets"))
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", cache / "datasets")
-    monkeypatch.setattr(datasets.config, "DOWNLOADED_DATASETS_PATH", cache / "datasets" / "downloads")
-    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
-    bars = datasets.is_progress_bar_enabled()
-    datasets.disable_progress_bars()
-    yield
-    if bars:
-        datasets.enable_progress_bars()
+pytestmark = pytest.mark.usefixtures("offline_datasets")
 
 
 # --------------------------------------------------------------------------------------
@@ -259,9 +241,10 @@ def test_samples_follow_the_split(name, tmp_path):
         # configs of the copy have other questions)
         assert sample.question == spec.doc_to_text(row)
         assert sample.doc == row  # the row the scorer reads, images left out
-        assert isinstance(sample.image, PILImage.Image) and sample.image.mode == "RGB"
-        assert sample.image.size == (32, 32)
-        assert sample.image.getpixel((16, 16)) == colours[i], "the image of another row"
+        image = sample.load_image()
+        assert isinstance(image, PILImage.Image) and image.mode == "RGB"
+        assert image.size == (32, 32)
+        assert image.getpixel((16, 16)) == colours[i], "the image of another row"
 
 
 def test_multi_image_docs_are_marked(tmp_path):
@@ -435,7 +418,7 @@ def test_broken_image_is_that_samples_error(name, tmp_path):
     assert broken.error and "cannot be decoded" in broken.error and "\n" not in broken.error
     assert broken.image is None and broken.meta["doc_id"] == 1
     for s in samples[:1] + samples[2:]:
-        assert s.error is None and isinstance(s.image, PILImage.Image) and s.image.mode == "RGB"
+        assert s.error is None and isinstance(s.load_image(), PILImage.Image) and s.load_image().mode == "RGB"
 
 
 # --------------------------------------------------------------------------------------

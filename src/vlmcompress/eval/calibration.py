@@ -30,7 +30,7 @@ class CalibrationSource:
         out = []
         for i in range(0, len(samples), self.batch_size):
             chunk = samples[i : i + self.batch_size]
-            batch = self.adapter.build_inputs([s.image for s in chunk], [task.prompt(s) for s in chunk])
+            batch = self.adapter.build_inputs([s.load_image() for s in chunk], [task.prompt(s) for s in chunk])
             out.append({k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()})
         return out
 

@@ -54,7 +54,7 @@ def generate_batch(
     model, adapter = ctx.model, ctx.adapter
     tokenizer = ctx.processor.tokenizer
     prompts = [task.prompt(s) if task else s.question for s in samples]
-    batch = _to_device(adapter.build_inputs([s.image for s in samples], prompts), device)
+    batch = _to_device(adapter.build_inputs([s.load_image() for s in samples], prompts), device)
     cache = None
     for m in methods:
         cache = m.make_cache(ctx, batch)

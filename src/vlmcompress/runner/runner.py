@@ -20,7 +20,7 @@ from ..eval.summary import summarise_cell
 from ..methods import CompressionContext, Setting
 from ..models import LoadedModel, load_model
 from ..store import Store
-from ..tasks import TASKS, Sample
+from ..tasks import TASKS
 from .config import RunConfig
 from .outputs import OutputWriter
 
@@ -98,14 +98,11 @@ def run(config: RunConfig, *, echo: Callable[[str], None] | None = None) -> dict
     try:
         total = len(config.models) * len(settings) * len(config.tasks)
         done = 0
+        # every task's samples before any model loads: a missing dataset copy or a wrong
+        # column is found at once (images are decoded when their batch runs)
+        samples_of = {name: task.samples(config.seed, config.limit, config.data_dir) for name, task in tasks.items()}
         for model_name in config.models:
             state = _ModelState()
-            sample_cache: dict[str, list[Sample]] = {}
-
-            def samples_of(task_name: str) -> list[Sample]:
-                if task_name not in sample_cache:
-                    sample_cache[task_name] = tasks[task_name].samples(config.seed, config.limit, config.data_dir)
-                return sample_cache[task_name]
 
             baseline = settings[0]
             for setting in settings:
@@ -137,7 +134,7 @@ def run(config: RunConfig, *, echo: Callable[[str], None] | None = None) -> dict
                 try:
                     for task_name in todo:
                         task = tasks[task_name]
-                        samples = samples_of(task_name)
+                        samples = samples_of[task_name]
                         cell_started = time.perf_counter()
                         out = evaluate_cell(ctx, ordered, task, samples, config.batch_size, device, config.max_new_tokens)
                         key = cell_key(config, model_name, setting, task_name)

@@ -30,6 +30,11 @@ class Sample:
     doc: dict[str, Any] | None = None  # the dataset row its scorer reads (images excluded; never stored)
     error: str | None = None  # why the sample cannot be run (e.g. its image does not decode)
 
+    def load_image(self) -> Any:
+        """The image as a PIL image; a dataset task may hold a loader that decodes it only
+        when its batch runs (``image`` is then a callable)."""
+        return self.image() if callable(self.image) else self.image
+
 
 @dataclass
 class Task:

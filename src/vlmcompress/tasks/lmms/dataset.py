@@ -16,6 +16,7 @@ broken becomes a per-sample error instead of ending the sweep.
 from __future__ import annotations
 
 import io
+from functools import partial
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -145,8 +146,27 @@ def decode_image(value: Any):
     return img.convert("RGB")
 
 
+def verify_image(value: Any) -> None:
+    """Raise unless ``value`` holds a readable image file (header and integrity only: the
+    pixels are decoded later, one batch at a time)."""
+    from PIL import Image
+
+    if value is None:
+        raise ValueError("no image")
+    if hasattr(value, "convert"):
+        return
+    data = value.get("bytes")
+    if data is None and value.get("path"):
+        data = Path(value["path"]).read_bytes()
+    if data is None:
+        raise ValueError("image cell holds neither bytes nor a path")
+    Image.open(io.BytesIO(data)).verify()
+
+
 def load_docs(spec: LmmsTaskSpec, data_dir: str | Path | None = None, limit: int | None = None) -> list[Doc]:
-    """The first ``limit`` rows of the task's split (all when None), images decoded per row."""
+    """The first ``limit`` rows of the task's split (all when None).  Each image is checked
+    now and decoded when it is used (``row[column]()``, a PIL RGB image): a whole split
+    decoded up front would hold gigabytes."""
     source = str(local_copy(spec, data_dir)) if data_dir is not None else spec.dataset_id
     ds = _load(spec, source, spec.config, spec.split, limit)
     image_columns = tuple(c.name for c in spec.columns if c.kind == "image")
@@ -164,7 +184,8 @@ def load_docs(spec: LmmsTaskSpec, data_dir: str | Path | None = None, limit: int
                     raise ValueError(f"no image {key!r} in config {spec.image_join.config!r}")
                 row[spec.image_columns[0]] = joined[key]
             for name in spec.images_of(row):
-                row[name] = decode_image(row.get(name))
+                verify_image(row.get(name))
+                row[name] = partial(decode_image, row.get(name))
         except Exception as exc:  # noqa: BLE001 - a broken image is this row's error only
             error = f"image of doc {i} cannot be decoded: {type(exc).__name__}: {_first_line(exc)}"
         docs.append(Doc(i, row, error))

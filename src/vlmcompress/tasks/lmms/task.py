@@ -58,7 +58,7 @@ class LmmsTask(Task):
             if len(columns) > 1:
                 meta["images_shown"] = 1  # one image per prompt: the adapters' single-image template
                 meta["images_in_doc"] = len(columns)
-            text_doc = {k: v for k, v in row.items() if k not in spec.image_columns and not hasattr(v, "convert")}
+            text_doc = {k: v for k, v in row.items() if k not in spec.image_columns and not hasattr(v, "convert") and not callable(v)}
             out.append(Sample(f"{self.name}/{doc.doc_id}", image, question, _as_text(target), meta, doc=text_doc, error=error))
         return out
 

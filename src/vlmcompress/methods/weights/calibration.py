@@ -17,6 +17,12 @@ The model is never run end to end with all its activations kept.  Instead:
    and the memory held beyond the model is one block's inputs and statistics.
 3. Targets that run after the decoder (``lm_head``) are calibrated with one last full
    forward pass through the compressed model.
+
+With ``StatKinds.float_inputs`` (AWQ, as llm-awq and AutoAWQ do) every part is calibrated
+on the float model's activations instead: block ``i+1``'s inputs are block ``i``'s outputs
+from before it is compressed, block 0's inputs are captured once before the vision targets
+are compressed (no second capture), and the targets after the decoder are calibrated with
+a full forward pass before anything is compressed.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ class StatKinds:
     sq_norm: bool = False  # Σ x_j² per input column (Wanda)
     abs_mean: bool = False  # mean |x_j| per input column (AWQ)
     keep_tokens: int = 0  # keep up to this many input rows (AWQ clip search)
+    float_inputs: bool = False  # feed every block the float model's activations, not the compressed chain's (AWQ references)
 
 
 class InputStats:
@@ -216,36 +223,50 @@ class SequentialPass:
             collector.remove()
         before = {n: m for n, m in outside.items() if collector.stats[n].n > 0}
         after = {n: m for n, m in outside.items() if n not in before}
+        if after and kinds.float_inputs:  # on the float model, before anything is compressed
+            self._process_after(after, kinds, process)
+            after = {}
         if before:
             process(before, {n: collector.stats[n] for n in before}, None)
-            inputs = self.capture()
+            if not kinds.float_inputs:
+                inputs = self.capture()
 
         masks = self._masks()
         for i, layer in enumerate(self.adapter.decoder_layers):
             mine = {n: m for n, m in targets.items() if block_of.get(n) == i}
             block = BlockRun(layer, inputs, masks)
+            outs = None
             if mine:
                 collector = _Collector(kinds)
                 collector.hook(mine)
+                float_outs = []
                 try:
                     for (args, kwargs), mask in zip(inputs, masks):
                         collector.token_mask = mask
-                        layer(*args, **kwargs)
+                        out = _hidden(layer(*args, **kwargs))
+                        if kinds.float_inputs:
+                            float_outs.append(out)
                 finally:
                     collector.remove()
+                if kinds.float_inputs:
+                    outs = float_outs  # block i+1 sees block i's outputs from before its compression
                 process(mine, collector.stats, block)
-            outs = block.outputs()
+            if outs is None:
+                outs = block.outputs()
             inputs = [_with_hidden(a, k, h) for (a, k), h in zip(inputs, outs)]
         del inputs
 
         if after:
-            collector = _Collector(kinds)
-            collector.hook(after)
-            try:
-                self.full_forward(collector)
-            finally:
-                collector.remove()
-            process(after, collector.stats, None)
+            self._process_after(after, kinds, process)
+
+    def _process_after(self, after: dict[str, nn.Linear], kinds: StatKinds, process: GroupFn) -> None:
+        collector = _Collector(kinds)
+        collector.hook(after)
+        try:
+            self.full_forward(collector)
+        finally:
+            collector.remove()
+        process(after, collector.stats, None)
 
 
 def calibration_batches(ctx) -> tuple[list[dict], dict[str, Any]]:

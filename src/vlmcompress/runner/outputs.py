@@ -21,6 +21,7 @@ from typing import Any
 from ..report.html import render_html
 from ..report.markdown import render_markdown
 from ..store import Store
+from .lmms_results import lmms_blocks
 
 
 def _clean(value: Any) -> Any:
@@ -55,7 +56,8 @@ def results_from_cells(cells: list[dict[str, Any]], meta: dict[str, Any]) -> dic
                 "efficiency": c["efficiency"],
             }
         )
-    return _clean({**meta, "cells": out})
+    # the block lmms-eval's readers expect, per model and setting, next to our own cells
+    return _clean({**meta, "cells": out, "lmms_eval": lmms_blocks(cells, meta)})
 
 
 def _sample_lines(cell: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:

@@ -68,22 +68,37 @@ def test_results_json_has_the_promised_shape(tiny_llava_dir, tmp_path):
 
 
 def test_weight_bytes_and_kv_bytes_match_the_tensors(tiny_llava_dir, tmp_path):
+    from safetensors import safe_open
+
     from vlmcompress.models import load_model
 
     res = run(_config(tiny_llava_dir, tmp_path))
     model = load_model(str(tiny_llava_dir)).model
-    expected = sum(p.numel() * p.element_size() for p in model.parameters()) + sum(b.numel() * b.element_size() for b in model.buffers())
+    # the tiny checkpoint is float32 and runs in float32 on the CPU, but bytes are reported
+    # at the reference dtype (float16 for a float32 checkpoint): every stored tensor at 2 bytes
+    with safe_open(str(tiny_llava_dir / "model.safetensors"), "pt") as f:
+        expected = sum(_numel(f.get_slice(k).get_shape()) for k in f.keys()) * 2
     cell = res["cells"][0]
     assert cell["efficiency"]["weight_bytes"] == expected
-    # fp32 keys+values: layers * 2 * kv_heads * head_dim * 4 bytes per cached token
+    assert cell["efficiency"]["compute_dtype"] == "float32" and cell["efficiency"]["reference_dtype"] == "float16"
+    held = sum(p.numel() * p.element_size() for p in model.parameters()) + sum(b.numel() * b.element_size() for b in model.buffers())
+    assert cell["efficiency"]["weight_bytes_in_memory"] == held
+    # keys+values at the reference dtype: layers * 2 * kv_heads * head_dim * 2 bytes per cached token
     tc = model.config.get_text_config()
-    per_token = tc.num_hidden_layers * 2 * tc.num_key_value_heads * (tc.hidden_size // tc.num_attention_heads) * 4
+    per_token = tc.num_hidden_layers * 2 * tc.num_key_value_heads * (tc.hidden_size // tc.num_attention_heads) * 2
     store = Store(tmp_path / "results.sqlite")
     rows = store.samples(store.cells()[0]["cell_key"])
     store.close()
     for r in rows:
         st = r["stats"]
         assert st["kv_bytes"] == per_token * (st["prompt_tokens"] + st["generated_tokens"] - 1)
+
+
+def _numel(shape):
+    n = 1
+    for d in shape:
+        n *= d
+    return n
 
 
 def test_loyalty_is_measured_against_the_baseline_rows(tiny_llava_dir, tmp_path):

@@ -11,7 +11,6 @@ from PIL import Image
 
 from vlmcompress.errors import ConfigError
 from vlmcompress.methods import build_setting
-from vlmcompress.methods.layout import SequenceLayout
 from vlmcompress.methods.visual_tokens import select as V
 from vlmcompress.methods.layout.flops import DecoderShape, decode_flops, prefill_flops
 
@@ -415,25 +414,6 @@ def test_qwen2_vl_kept_tokens_keep_their_3d_positions(qwen):
         # kept image tokens are not renumbered: their (h, w) grid coordinates are the original ones
         kept_img = [p for p in pos[r].tolist() if p >= 0 and image[r, p]]
         assert len({tuple(mrope[:, r, p].tolist()) for p in kept_img}) == len(kept_img)
-
-
-def test_qwen2_5_vl_is_refused_clearly():
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
-
-    from vlmcompress.methods import CompressionContext
-    from vlmcompress.models.qwen2_vl import Qwen2VLAdapter
-
-    cfg = Qwen2_5_VLConfig(
-        text_config=dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
-                         rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 10000.0}),
-        vision_config=dict(depth=1, hidden_size=32, intermediate_size=32, num_heads=2, out_hidden_size=32, patch_size=8, fullatt_block_indexes=[0]),
-    )
-    model = Qwen2_5_VLForConditionalGeneration(cfg).eval()
-    ctx = CompressionContext(model, Qwen2VLAdapter(model, None), None)
-    method = build_setting("visionzip").ordered()[0]
-    with pytest.raises(ConfigError, match="Qwen2.5-VL"):
-        method.prepare(ctx)
-    assert SequenceLayout.current(model) is None  # nothing left installed
 
 
 def test_stacks_with_kv_eviction(llava):

@@ -46,12 +46,15 @@ def cli(verbose: bool) -> None:
 @click.option("--seed", type=int, help="Seed of the held-out samples.")
 @click.option("--output", help=f"Output directory (default {DEFAULT_OUTPUT}); re-running with it skips finished cells.")
 @click.option("--device", help="auto, cpu, cuda or cuda:N.")
-@click.option("--dtype", help="float32, float16 or bfloat16.")
+@click.option("--dtype", help="auto (default: the checkpoint's dtype on a GPU, float32 on a CPU), float32, float16 or bfloat16. Bytes are reported at the checkpoint's 16-bit dtype either way.")
+@click.option("--device-map", help="auto: spread the model over every visible GPU with accelerate (balanced, balanced_low_0, sequential too); on a CPU everything stays on the CPU.")
+@click.option("--attn-implementation", help="sdpa (default), eager, or flash_attention_2 (needs the flash-attn package and a GPU).")
+@click.option("--timing", help="batch (default): time the batches; request: also time each sample alone at batch 1 (TTFT, TPOT).")
 @click.option("--max-new-tokens", type=int)
 @click.option("--trust-remote-code", is_flag=True, default=None, help="Allow a hub model's own code (off unless set).")
 @click.option("--data-dir", help="Local dataset copies: DATA_DIR/<dataset id>/ laid out as the hub repo (default: the hub and the HF cache).")
 @click.option("--toxicity-model", help="Local folder of an HF text classifier that scores toxicity (social_counterfactuals).")
-def run(config, model, tasks, compress, limit, batch_size, seed, output, device, dtype, max_new_tokens, trust_remote_code, data_dir, toxicity_model) -> None:
+def run(config, model, tasks, compress, limit, batch_size, seed, output, device, dtype, device_map, attn_implementation, timing, max_new_tokens, trust_remote_code, data_dir, toxicity_model) -> None:
     """Run a sweep (no arguments: the embedded model on the held-out synthetic suite)."""
     from .runner import RunConfig
     from .runner import run as run_sweep
@@ -59,7 +62,7 @@ def run(config, model, tasks, compress, limit, batch_size, seed, output, device,
     overrides = {
         "model": model, "tasks": tasks, "limit": limit, "batch_size": batch_size, "seed": seed, "output": output,
         "device": device, "dtype": dtype, "max_new_tokens": max_new_tokens, "trust_remote_code": trust_remote_code, "data_dir": data_dir,
-        "toxicity_model": toxicity_model,
+        "toxicity_model": toxicity_model, "device_map": device_map, "attn_implementation": attn_implementation, "timing": timing,
     }
     if compress:
         overrides["compress"] = list(compress)
@@ -164,10 +167,39 @@ def list_(what: str) -> None:
             click.echo(f"{name:24s} [{t.category}] {where} · metrics: {', '.join(d['metrics'])} · primary: {d['primary_metric']}")
     else:
         from .models import ADAPTERS, EMBEDDED_PATH
+        from .models.tiny import TINY_BUILDERS, family_support
 
         click.echo(f"{'embedded':12s} the shipped LLaVA-architecture model ({EMBEDDED_PATH})")
         for name in ADAPTERS.names():
-            click.echo(f"{name:12s} model types: {', '.join(ADAPTERS.get(name).model_types)}")
+            types = ADAPTERS.get(name).model_types
+            click.echo(f"{name:12s} model types: {', '.join(types)}")
+            for model_type in types:  # what the adapter refuses, asked of the type's tiny model
+                if model_type not in TINY_BUILDERS:
+                    click.echo(f"  {model_type:16s} (no tiny model to ask)")
+                    continue
+                support = family_support(model_type)
+                click.echo(f"  {model_type:16s} " + "  ".join(f"{f}: {'yes' if why is None else 'no'}" for f, why in support.items()))
+                for family, why in support.items():
+                    if why is not None:
+                        click.echo(f"  {'':16s}   {family} refused: {why}")
+
+
+@cli.command(name="tiny-model")
+@click.argument("family")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random weights.")
+def tiny_model(family: str, directory: str, seed: int) -> None:
+    """Write a tiny random checkpoint of FAMILY (a model type of `vlmcompress list models`:
+    llava, llava_next, llava_onevision, qwen2_vl, qwen2_5_vl, internvl) to DIRECTORY:
+    config, safetensors weights and processor (tokenizer, image processor, chat template),
+    which `vlmcompress run --model DIRECTORY` loads like a hub model."""
+    from .models.tiny import build_tiny, save_tiny
+
+    try:
+        path = save_tiny(*build_tiny(family, seed=seed), Path(directory))
+    except VlmCompressError as exc:
+        _fail(exc)
+    click.echo(f"{family}: {path}")
 
 
 def main() -> None:

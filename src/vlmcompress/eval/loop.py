@@ -1,5 +1,17 @@
 """The evaluation loop of one cell: batched greedy generation with left padding,
-compression hooks around it, timing, memory and per-sample scoring."""
+compression hooks around it, timing, memory and per-sample scoring.
+
+Timing modes (``timing``): ``batch`` times the batches the predictions come from
+(prefill and per-token decode of a left-padded batch); ``request`` does that too and then
+times every sample again alone, at batch 1 and after a warm-up request, serving-style:
+``ttft_s`` (time to first token) and ``tpot_s`` (time per output token), medians over
+the requests (see :mod:`.timing`).  Predictions and scores always come from the batched
+pass, so they are the same in both modes; the request pass reports how many of its own
+answers differ (``request_prediction_mismatches``: 0 unless batching changes numerics).
+
+Bytes: the KV bytes of a plain cache are counted at the model's reference dtype (the
+checkpoint's 16-bit dtype, :mod:`vlmcompress.footprint`), whatever the compute dtype.
+"""
 
 from __future__ import annotations
 
@@ -13,10 +25,12 @@ import torch
 from transformers import DynamicCache
 
 from ..errors import VlmCompressError
-from ..footprint import kv_footprint
+from ..footprint import dtype_bytes, kv_footprint, reference_dtype
 from ..methods.base import CompressionContext, CompressionMethod
 from ..tasks.base import Sample, Task
-from .timing import PeakMemory, StepClock
+from .timing import PeakMemory, RequestClock, StepClock
+
+TIMING_MODES = ("batch", "request")
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +63,19 @@ def generate_batch(
     max_new_tokens: int,
     device: torch.device,
     task: Task | None = None,
+    timing: str = "batch",
 ) -> BatchOutput:
-    """Generate greedily for ``samples`` as one left-padded batch, through the setting's hooks."""
+    """Generate greedily for ``samples`` as one left-padded batch, through the setting's hooks.
+
+    ``timing``: ``batch`` (:class:`StepClock`) or ``request`` (:class:`RequestClock`, for
+    one sample at a time).  The clock starts once the processor's output is on the device
+    (the setting's cache set-up and the vision tower count as prefill)."""
     model, adapter = ctx.model, ctx.adapter
     tokenizer = ctx.processor.tokenizer
     prompts = [task.prompt(s) if task else s.question for s in samples]
     batch = _to_device(adapter.build_inputs([s.load_image() for s in samples], prompts), device)
+    clock = RequestClock(device) if timing == "request" else StepClock(device)
+    clock.begin()
     cache = None
     for m in methods:
         cache = m.make_cache(ctx, batch)
@@ -62,8 +83,6 @@ def generate_batch(
             break
     if cache is None:
         cache = DynamicCache(config=model.config.get_text_config())
-    clock = StepClock(device)
-    clock.begin()
     with torch.inference_mode():
         out = model.generate(
             **batch,
@@ -93,7 +112,8 @@ def generate_batch(
         if extra:
             for s, e in zip(stats, extra):
                 s.update(e)
-    for s, fp in zip(stats, _kv_footprint(methods, out.past_key_values, stats, model.config.get_text_config().num_hidden_layers)):
+    element_size = dtype_bytes(reference_dtype(model))
+    for s, fp in zip(stats, _kv_footprint(methods, out.past_key_values, stats, model.config.get_text_config().num_hidden_layers, element_size)):
         s.update(fp)
     return BatchOutput(predictions, generated, clock.prefill_s, clock.decode_s, clock.decode_steps, stats)
 
@@ -102,7 +122,7 @@ def _error_row(sample: Sample, msg: str) -> dict[str, Any]:
     return {"sample_id": sample.id, "prediction": None, "gold": sample.answer, "score": None, "metrics": {}, "meta": sample.meta, "error": msg, "stats": {}}
 
 
-def _kv_footprint(methods: list[CompressionMethod], cache, stats: list[dict[str, Any]], n_layers: int) -> list[dict[str, float]]:
+def _kv_footprint(methods: list[CompressionMethod], cache, stats: list[dict[str, Any]], n_layers: int, element_size: int | None = None) -> list[dict[str, float]]:
     """KV bytes of each sample at its OWN end: a sample run alone stops after its
     end-of-sequence token, which is never fed back, so its cache holds its prompt (as
     many entries per layer as eviction or token dropping left) and all its generated
@@ -110,7 +130,55 @@ def _kv_footprint(methods: list[CompressionMethod], cache, stats: list[dict[str,
     held = next((h for m in methods if (h := m.prompt_entries_held()) is not None), None)
     if held is None:
         held = [[float(s["prompt_tokens"])] * n_layers for s in stats]
-    return kv_footprint(cache, held, [s["generated_tokens"] - 1 for s in stats])
+    return kv_footprint(cache, held, [s["generated_tokens"] - 1 for s in stats], element_size)
+
+
+def _model_devices(model) -> list[torch.device]:
+    """Every device holding a parameter (several GPUs for a model spread by ``device_map``)."""
+    return list(dict.fromkeys(p.device for p in model.parameters()))
+
+
+def _request_timing(
+    ctx: CompressionContext,
+    methods: list[CompressionMethod],
+    task: Task,
+    samples: list[Sample],
+    predictions: dict[str, str],
+    max_new: int,
+    device: torch.device,
+) -> dict[str, Any]:
+    """Serving-style timing: each sample alone at batch 1, after one untimed warm-up request."""
+    ttft, tpot, mismatches, errors = [], [], 0, 0
+    if samples:
+        try:
+            generate_batch(ctx, methods, samples[:1], min(2, max_new), device, task, timing="request")
+        except VlmCompressError:
+            raise
+        except Exception:  # noqa: BLE001 - the timed requests below report it
+            pass
+    timer = RequestClock(device).timer
+    for sample in samples:
+        try:
+            out = generate_batch(ctx, methods, [sample], max_new, device, task, timing="request")
+        except VlmCompressError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a broken sample is already reported by the batched pass
+            log.warning("request timing of %s failed: %s", sample.id, exc)
+            errors += 1
+            continue
+        ttft.append(out.prefill_s)
+        if out.decode_steps:
+            tpot.append(out.decode_s / out.decode_steps)
+        if out.predictions[0] != predictions.get(sample.id):
+            mismatches += 1
+    return {
+        "ttft_s": statistics.median(ttft) if ttft else float("nan"),
+        "tpot_s": statistics.median(tpot) if tpot else float("nan"),
+        "request_samples": len(ttft),
+        "request_errors": errors,
+        "request_prediction_mismatches": mismatches,
+        "request_timer": timer,
+    }
 
 
 def _eos_ids(model, tokenizer) -> set[int]:
@@ -130,12 +198,16 @@ def evaluate_cell(
     device: torch.device,
     max_new_tokens: int | None = None,
     progress: Callable[[int], None] | None = None,
+    timing: str = "batch",
 ) -> CellOutput:
     """Score ``samples`` of ``task`` under the prepared setting.
 
     The first batch is run once untimed (warm-up).  A batch that raises is retried one
     sample at a time, so one broken sample is reported in the rows and costs nothing else.
+    ``timing="request"`` adds the serving-style timing of every sample (module doc).
     """
+    if timing not in TIMING_MODES:
+        raise VlmCompressError(f"timing={timing!r} is not allowed; allowed: {', '.join(TIMING_MODES)}")
     max_new = max_new_tokens or task.max_new_tokens
     rows: list[dict[str, Any]] = []
     errors: list[str] = []
@@ -147,7 +219,7 @@ def evaluate_cell(
     runnable = [s for s in samples if s.error is None]
     batches = [runnable[i : i + batch_size] for i in range(0, len(runnable), batch_size)]
     prefill, decode_per_token, wall = [], [], 0.0
-    with PeakMemory(device) as peak:
+    with PeakMemory(device, _model_devices(ctx.model)) as peak:
         if batches:
             try:
                 generate_batch(ctx, methods, batches[0], min(2, max_new), device, task)
@@ -194,7 +266,13 @@ def evaluate_cell(
         "batch_size": batch_size,
         "peak_memory_bytes": int(peak.peak),
         "peak_memory_kind": peak.kind,
+        "timing_mode": timing,
+        "compute_dtype": str(ctx.model.dtype).removeprefix("torch."),
+        "reference_dtype": str(reference_dtype(ctx.model)).removeprefix("torch."),
     }
+    if timing == "request":
+        ok = {r["sample_id"]: r["prediction"] for r in rows if r["error"] is None}
+        efficiency.update(_request_timing(ctx, methods, task, [s for s in runnable if s.id in ok], ok, max_new, device))
     numeric_keys = sorted({k for s in ok_stats for k, v in s.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
     for key in numeric_keys:
         values = [s[key] for s in ok_stats if key in s]

@@ -38,23 +38,51 @@ LLAMA_CLIP_PREDECESSORS: dict[str, tuple[str, ...]] = {
 
 @dataclass(frozen=True)
 class VisionScoring:
-    """Where the vision-side pruners (VisionZip, PruMerge+) read a token's importance.
+    """Where the vision-side pruners (VisionZip, PruMerge+) read a token's importance, and
+    how the tower's patches become the language model's visual tokens.
 
-    ``cls``: a tower with a CLS token whose patches reach the projector one to one; the
-    score is the CLS query's attention in ``attention`` (the encoder layer the method's
-    reference reads: VisionZip the feature layer, PruMerge+ the one after it).
-    ``merger``: a tower without CLS whose projector packs ``group`` consecutive patches
-    into one LLM token; the score is the attention a patch receives in ``attention`` (the
-    second-to-last block, where EffiVLM-Bench scores on Qwen2-VL), whose queries and keys
-    take the tower's own ``rotary``.  Towers without CLS and without a merger (SigLIP under
-    LLaVA-OneVision) have no site yet and are refused.
+    ``kind`` is the tower's shape:
+
+    * ``cls``: a tower with a CLS token whose patches reach the projector one to one
+      (CLIP under LLaVA / LLaVA-NeXT); the score is the CLS query's attention in
+      ``attention`` (the encoder layer the method's reference reads: VisionZip the
+      feature layer, PruMerge+ the one after it); merging rewrites the projector's input.
+    * ``received``: a tower without CLS whose patches reach the projector one to one
+      (SigLIP under LLaVA-OneVision); the score is the attention a patch receives in
+      ``attention``, averaged over every query (EffiVLM-Bench's rule on OneVision);
+      merging rewrites the projector's input.
+    * ``merger``: a tower without CLS whose projector packs ``group`` consecutive patches
+      into one LLM token (Qwen2-VL, Qwen2.5-VL); the score is the attention a patch
+      receives in ``attention`` (a full-attention block), whose queries and keys take the
+      tower's own ``rotary``; selection and merging act on the merger's output.
+      ``window_index`` (Qwen2.5-VL): ``grid_thw -> [G]``, the raster index of the merged
+      token at each row of the merger's input, which the tower permutes into attention
+      windows before its blocks and restores after the merger.
+    * ``shuffle``: a tower with a CLS token (dropped before the projector) whose
+      pixel shuffle packs each ``side x side`` square of patches into one LLM token
+      (``group = side**2``; InternVL); the score (``score``: the CLS query's attention, or
+      the attention a patch receives from the other patches) is averaged over the square;
+      selection and merging act on the projector's output.
+
+    ``packing`` (anyres LLaVA-NeXT / OneVision): the module whose ``pack_image_features``
+    lays each image's crops out as placeholders (base crop, then the grid unpadded to the
+    image's aspect ratio with one newline token per row); per-crop keep decisions are
+    mapped through it.  ``None``: crops (tiles, images) reach the placeholders in order.
     """
 
-    kind: Literal["cls", "merger"]
+    kind: Literal["cls", "received", "merger", "shuffle"]
     attention: nn.Module
     projector: nn.Module
     group: int = 1
     rotary: Callable | None = None
+    score: Literal["cls", "received"] | None = None  # shuffle towers: which attention scores a patch
+    packing: nn.Module | None = None
+    window_index: Callable | None = None
+
+
+# Method families as ``vlmcompress list models`` reports them; a method's ``family``
+# (``weight_quantization`` / ``weight_pruning`` -> weights) or, for FastV, its name.
+METHOD_FAMILIES = ("weights", "kv_cache", "kv_eviction", "vision_tokens", "fastv")
 
 
 def find_module(root: nn.Module, names: tuple[str, ...]) -> nn.Module | None:
@@ -168,6 +196,35 @@ class ModelAdapter:
     def vision_scoring(self, method: str) -> VisionScoring:
         """Where ``method`` (a vision-side pruner) scores tokens; refuses a family it cannot serve."""
         raise ConfigError(f"{method}: the {self.name} family has no vision-token scoring site")
+
+    # ---------------------------------------------------------------- what it serves
+    def refusal(self, family: str) -> str | None:
+        """Why this model cannot serve a method family (one of :data:`METHOD_FAMILIES`), in
+        one line, or ``None`` when it can.  It runs the same adapter checks the methods'
+        ``check_model`` runs (knobs aside), so it cannot drift from what a run refuses."""
+        from ..methods import METHODS
+        from ..methods.layout.masks import SUPPORTED_ATTENTION
+
+        if family not in METHOD_FAMILIES:
+            raise ConfigError(f"unknown method family {family!r}; known: {', '.join(METHOD_FAMILIES)}")
+        try:
+            if family == "weights":
+                if not len(self.decoder_layers):
+                    return "the decoder has no layers"
+            elif family == "kv_cache":
+                self.require_full_attention("KV-cache quantization")
+            elif family in ("kv_eviction", "fastv"):
+                if self.attention_implementation not in SUPPORTED_ATTENTION:
+                    return f"needs attention implementation one of {SUPPORTED_ATTENTION}; the model uses {self.attention_implementation!r}"
+                for layer in self.decoder_layers:
+                    self.self_attention(layer)
+            else:
+                for name in METHODS.names():
+                    if METHODS.get(name).family == "vision_tokens":
+                        self.vision_scoring(name)
+        except ConfigError as exc:
+            return str(exc)
+        return None
 
     @property
     def image_token_id(self) -> int:

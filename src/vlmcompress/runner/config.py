@@ -14,7 +14,10 @@ from ..methods import BASELINE, Setting, build_setting
 from ..tasks import SYNTHETIC_SUITE, TASKS
 
 DEVICES = ("auto", "cpu", "cuda")
-DTYPES = ("float32", "float16", "bfloat16")
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
+TIMING_MODES = ("batch", "request")
 
 
 @dataclass
@@ -29,7 +32,12 @@ class RunConfig:
     seed: int = 1234  # draws the held-out samples; another seed gives fresh scenes
     output: str = "runs/default"
     device: str = "auto"  # auto = cuda when available, else cpu
-    dtype: str = "float32"
+    # auto: on a GPU the checkpoint's own dtype, on a CPU float32; weight and KV bytes are
+    # reported at the checkpoint's 16-bit dtype either way (float16 for a float32 checkpoint)
+    dtype: str = "auto"
+    device_map: str | None = None  # auto: accelerate spreads the model over every visible GPU
+    attn_implementation: str = "sdpa"  # sdpa, eager, or flash_attention_2 (needs flash-attn, a GPU, 16 bits)
+    timing: str = "batch"  # batch: time the batches; request: also each sample alone (TTFT, TPOT)
     max_new_tokens: int | None = None  # None: each task's own limit
     trust_remote_code: bool = False
     calibration_task: str | None = None  # task whose samples calibrate weight methods (default: the first task)
@@ -65,6 +73,25 @@ class RunConfig:
             raise ConfigError(f"device={self.device!r} is not allowed; allowed: {', '.join(DEVICES)} or cuda:N")
         if self.dtype not in DTYPES:
             raise ConfigError(f"dtype={self.dtype!r} is not allowed; allowed: {', '.join(DTYPES)}")
+        if self.device_map is not None:
+            if self.device_map not in DEVICE_MAPS:
+                raise ConfigError(f"device_map={self.device_map!r} is not allowed; allowed: {', '.join(DEVICE_MAPS)} (or none)")
+            if str(self.device).startswith("cuda:"):
+                raise ConfigError(f"device_map={self.device_map!r} spreads the model over every visible GPU; device={self.device!r} picks one (choose GPUs with CUDA_VISIBLE_DEVICES)")
+        if self.attn_implementation not in ATTN_IMPLEMENTATIONS:
+            raise ConfigError(f"attn_implementation={self.attn_implementation!r} is not allowed; allowed: {', '.join(ATTN_IMPLEMENTATIONS)}")
+        if self.attn_implementation == "flash_attention_2":
+            from ..models.loading import flash_attention_available
+
+            if not flash_attention_available():
+                raise ConfigError(
+                    "attn_implementation=flash_attention_2 needs the flash-attn package, which is not installed "
+                    "(pip install flash-attn --no-build-isolation); use sdpa or eager"
+                )
+            if self.device == "cpu":
+                raise ConfigError("attn_implementation=flash_attention_2 runs on CUDA GPUs only; device='cpu'")
+        if self.timing not in TIMING_MODES:
+            raise ConfigError(f"timing={self.timing!r} is not allowed; allowed: {', '.join(TIMING_MODES)}")
         for key in ("data_dir", "toxicity_model"):
             value = getattr(self, key)
             if value is not None and (not isinstance(value, str) or not Path(value).expanduser().is_dir()):

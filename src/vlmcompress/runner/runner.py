@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import platform
 import time
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -17,8 +19,10 @@ import torch
 from ..eval.calibration import CalibrationSource
 from ..eval.loop import evaluate_cell
 from ..eval.summary import summarise_cell
+from ..footprint import held_weight_bytes
 from ..methods import CompressionContext, Setting
 from ..models import LoadedModel, load_model
+from ..models.loading import dtype_note
 from ..store import Store
 from ..tasks import TASKS
 from .config import RunConfig
@@ -34,21 +38,26 @@ def resolve_device(name: str) -> torch.device:
 
 
 def cell_key(config: RunConfig, model: str, setting: Setting, task: str) -> str:
-    """What makes two cells the same computation (the device and paths are not part of it)."""
-    return json.dumps(
-        {
-            "model": model,
-            "setting": setting.normalized,
-            "task": task,
-            "seed": config.seed,
-            "limit": config.limit,
-            "batch_size": config.batch_size,
-            "dtype": config.dtype,
-            "max_new_tokens": config.max_new_tokens,
-            "calibration": [config.calibration_task, config.calibration_samples, config.calibration_seed] if any(m.hook == "weights" for m in setting.methods) else None,
-        },
-        sort_keys=True,
-    )
+    """What makes two cells the same computation (the device, the placement and paths are
+    not part of it).  The attention implementation and the request timing mode enter the
+    key only when they are not the defaults, so the keys of earlier runs stay valid and a
+    request-timed run never reuses a batch-timed cell (which has no TTFT/TPOT)."""
+    key = {
+        "model": model,
+        "setting": setting.normalized,
+        "task": task,
+        "seed": config.seed,
+        "limit": config.limit,
+        "batch_size": config.batch_size,
+        "dtype": config.dtype,
+        "max_new_tokens": config.max_new_tokens,
+        "calibration": [config.calibration_task, config.calibration_samples, config.calibration_seed] if any(m.hook == "weights" for m in setting.methods) else None,
+    }
+    if config.attn_implementation != "sdpa":
+        key["attn_implementation"] = config.attn_implementation
+    if config.timing != "batch":
+        key["timing"] = config.timing
+    return json.dumps(key, sort_keys=True)
 
 
 def versions() -> dict[str, str]:
@@ -95,6 +104,7 @@ def run(config: RunConfig, *, echo: Callable[[str], None] | None = None) -> dict
     writer = OutputWriter(out_dir, store)
     device = resolve_device(config.device)
     meta = {"config": config.to_dict(), "versions": versions(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    timing_session = f"{platform.node()}:{os.getpid()}@{meta['date']}#{uuid.uuid4().hex[:8]}"  # one per call of run()
     try:
         total = len(config.models) * len(settings) * len(config.tasks)
         done = 0
@@ -114,14 +124,23 @@ def run(config: RunConfig, *, echo: Callable[[str], None] | None = None) -> dict
                 if state.loaded is None or (needs_fresh or not state.pristine):
                     first_load = state.loaded is None and not state.checked
                     state.loaded = None
-                    state.loaded = load_model(model_name, dtype=config.dtype, device=str(device), trust_remote_code=config.trust_remote_code)
+                    state.loaded = load_model(
+                        model_name,
+                        dtype=config.dtype,
+                        device=str(device),
+                        trust_remote_code=config.trust_remote_code,
+                        device_map=config.device_map,
+                        attn_implementation=config.attn_implementation,
+                    )
                     state.pristine = True
                     if first_load:  # every setting's knobs against this model, before the baseline runs
+                        say(dtype_note(state.loaded))
                         _check_settings(settings, state.loaded)
                         state.checked = True
                 loaded = state.loaded
+                inputs_on = loaded.input_device or device  # the first device of a model spread by device_map
                 calibration = CalibrationSource(
-                    config.calibration_task or config.tasks[0], config.calibration_seed, config.calibration_samples, config.batch_size, loaded.adapter, device, config.data_dir
+                    config.calibration_task or config.tasks[0], config.calibration_seed, config.calibration_samples, config.batch_size, loaded.adapter, inputs_on, config.data_dir
                 )
                 ctx = CompressionContext(loaded.model, loaded.adapter, loaded.processor, calibration=calibration)
                 ordered = setting.ordered()
@@ -131,12 +150,20 @@ def run(config: RunConfig, *, echo: Callable[[str], None] | None = None) -> dict
                 if needs_fresh:
                     state.pristine = False
                 ctx.info.setdefault("prepare_s", time.perf_counter() - started)
+                ctx.info.setdefault("weight_bytes_in_memory", held_weight_bytes(loaded.model))  # a weight method's own count wins
+                ctx.info.update(
+                    attn_implementation=config.attn_implementation,
+                    device_map=config.device_map,
+                    model_devices=list(loaded.devices),
+                    # cells timed by the same process share this: speed-ups are comparable only among them
+                    timing_session=timing_session,
+                )
                 try:
                     for task_name in todo:
                         task = tasks[task_name]
                         samples = samples_of[task_name]
                         cell_started = time.perf_counter()
-                        out = evaluate_cell(ctx, ordered, task, samples, config.batch_size, device, config.max_new_tokens)
+                        out = evaluate_cell(ctx, ordered, task, samples, config.batch_size, inputs_on, config.max_new_tokens, timing=config.timing)
                         key = cell_key(config, model_name, setting, task_name)
                         baseline_rows = out.rows if setting.is_baseline else store.samples(cell_key(config, model_name, baseline, task_name))
                         cell = summarise_cell(key, model_name, setting, task, out, ctx, baseline_rows, config.seed)

@@ -38,9 +38,13 @@ def left_pad_lengths(attention_mask: torch.Tensor | None) -> list[int] | None:
 
 
 def _store_dtype(model) -> torch.dtype:
-    """Residual tokens are kept in 16 bits, as in the fp16 cache they are compared with: the
-    model's dtype when it is a 16-bit one, fp16 otherwise (an fp32 model on CPU)."""
-    return model.dtype if model.dtype in (torch.float16, torch.bfloat16) else torch.float16
+    """Residual tokens are kept in 16 bits, as in the 16-bit cache they are compared with: the
+    model's dtype when it computes in a 16-bit one (what its own cache would hold), else its
+    reference dtype (the checkpoint's 16-bit dtype, see :mod:`vlmcompress.footprint`; a
+    float32 run on a CPU stores the residual as a GPU user's cache would)."""
+    from ...footprint import REFERENCE_DTYPES, reference_dtype
+
+    return model.dtype if model.dtype in REFERENCE_DTYPES else reference_dtype(model)
 
 
 @dataclass

@@ -18,6 +18,14 @@ and the adapters):
   attention, averaged over heads and queries and over the 2x2 merger window (the mean,
   so the merge weights are the reference's); keys: post-rotary keys with heads side by
   side, averaged over the window; selection and merging on the merger's output.
+* **Score on LLaVA-OneVision** (SigLIP, no CLS): EffiVLM-Bench's: the same full-width
+  softmax in the feature layer (there is none after it), averaged over every query (the
+  attention a patch receives); undivided keys; per crop, on the projector's input.
+* **Score on InternVL**: EffiVLM-Bench's InternVL2.5 code: the CLS query's full-width
+  attention in the layer before the feature layer, CLS column dropped, averaged over the
+  2x2 square one pixel-shuffled token holds; undivided keys likewise; per tile, on the
+  projector's output.  Qwen2.5-VL (no reference): as Qwen2-VL, in its last
+  full-attention block before the final one, tokens in raster order.
 * **Selection under a budget** (EffiVLM-Bench): the adaptive set is the IQR outliers (at
   least the best token); the budget's other slots go to the grid positions ``0, s, 2s,
   ...`` with ``s = P // budget`` that the adaptive set does not hold, in order; with
@@ -27,8 +35,9 @@ and the adapters):
   ``merge_from=pruned`` draws neighbours from the pruned tokens only (then ``ratio=1``
   leaves the model unchanged, which the reference does not: every token still absorbs
   32 neighbours).
-* **Extra token** (CLS towers, as in LLaVA-PruMerge and EffiVLM-Bench's LLaVA code):
-  the attention-weighted sum of the pruned tokens.
+* **Extra token** (CLS towers, as in LLaVA-PruMerge and EffiVLM-Bench's LLaVA code, and
+  EffiVLM-Bench's OneVision and InternVL code): the attention-weighted sum of the pruned
+  tokens.
 
 Documented deviations:
 

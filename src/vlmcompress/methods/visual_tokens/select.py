@@ -26,13 +26,21 @@ def top_indices(scores: torch.Tensor, k: int) -> torch.Tensor:
     return torch.sort(scores, descending=True, stable=True).indices[:k].sort().values
 
 
-def received_attention(q: torch.Tensor, k: torch.Tensor, scaling: float, chunk: int = 256) -> torch.Tensor:
+def received_attention(q: torch.Tensor, k: torch.Tensor, scaling: float, chunk: int = 256, skip: int = 0) -> torch.Tensor:
     """Mean attention each token of one image receives in a bidirectional encoder block:
-    ``q``, ``k`` ``[H, n, D]`` (post-rotary) -> ``[n]``, averaged over heads and over all
-    ``n`` queries (so it sums to 1).  Queries are scored ``chunk`` at a time, never the
-    full ``n x n`` map of every head at once."""
+    ``q``, ``k`` ``[H, n, D]`` (post-rotary) -> ``[n]``, averaged over heads and over the
+    queries (so it sums to 1).  ``skip``: the first queries do not count (a CLS token that
+    never reaches the language model); every key does.  With ``H = 1`` and the undivided
+    projections this is one full-width softmax.  Queries are scored ``chunk`` at a time,
+    never the full ``n x n`` map of every head at once."""
     n = q.shape[1]
-    return attention_column_sums(q, k, scaling, chunk, causal=False).mean(0) / n
+    if not skip:
+        return attention_column_sums(q, k, scaling, chunk, causal=False).mean(0) / n
+    kt = k.float().transpose(1, 2)
+    total = torch.zeros(q.shape[0], k.shape[1], dtype=torch.float32, device=q.device)
+    for start in range(skip, n, chunk):
+        total += (torch.matmul(q[:, start : min(n, start + chunk)].float(), kt) * scaling).softmax(-1).sum(1)
+    return total.mean(0) / (n - skip)
 
 
 def cls_query_attention(q: torch.Tensor, k: torch.Tensor, heads: int, scaling: float, full_width: bool) -> torch.Tensor:
@@ -64,6 +72,22 @@ def group_tokens(scores: torch.Tensor, keys: torch.Tensor, group: int) -> tuple[
         raise ValueError(f"{n} patches do not split into merger groups of {group}")
     G = n // group
     return scores.float().view(G, group).mean(-1), keys.float().reshape(G, group, -1).mean(1)
+
+
+def square_tokens(scores: torch.Tensor, keys: torch.Tensor, side: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Patch-level scores and keys of square tiles -> one row per pixel-shuffled token
+    (InternVL packs each ``side x side`` square of patches into one token, squares in
+    raster order): averaged over the square, as EffiVLM-Bench does (``view(16, 2, 16,
+    2).mean((2, 4))``).  ``scores`` ``[n, P]`` -> ``[n, G]``, ``keys`` ``[n, P, Dk]`` ->
+    ``[n, G, Dk]`` with ``P = s * s`` patches per tile and ``G = (s / side) ** 2``."""
+    n, P = scores.shape
+    s = math.isqrt(P)
+    if s * s != P or s % side:
+        raise ValueError(f"{P} patches per tile do not form a square of {side}x{side} squares")
+    g = s // side
+    sc = scores.float().view(n, g, side, g, side).mean((2, 4)).flatten(1)
+    ks = keys.float().reshape(n, g, side, g, side, -1).mean((2, 4)).flatten(1, 2)
+    return sc, ks
 
 
 def fastv_keep(scores: torch.Tensor, image: torch.Tensor, ratio: float) -> torch.Tensor:

@@ -12,6 +12,17 @@ What is followed, per tower (see ``vision_hooks``):
 * **Qwen2-VL**: EffiVLM-Bench's port: scores and keys from the second-to-last vision
   block (attention received, averaged over heads, queries and the 2x2 merger window;
   keys averaged over heads and the window), selection and merging on the merger's output.
+  Qwen2.5-VL (no reference): the same, in its last full-attention block before the final
+  one, on the merged tokens in raster order (the tower's window order undone).
+* **LLaVA-OneVision (SigLIP, no CLS)**: EffiVLM-Bench's: the attention a patch receives in
+  the layer before the feature layer, averaged over heads and every query; keys
+  averaged over heads; per crop, merging on the projector's input (EffiVLM-Bench merges
+  that layer's own output instead of the feature layer's).
+* **InternVL**: EffiVLM-Bench's InternVL2.5 code: the attention a patch receives from
+  the other patches in the layer before the feature layer (CLS row and column dropped),
+  averaged over heads, queries and the 2x2 square one pixel-shuffled token holds; keys
+  likewise; per tile, on the projector's output (EffiVLM averages the pre-softmax logits;
+  here the softmax attention).
 
 Documented deviations:
 

@@ -32,7 +32,7 @@ def test_hub_id_without_network_is_a_clear_error(tmp_path, monkeypatch):
 
 def test_run_and_report_on_a_tiny_model(tiny_llava_dir, tmp_path):
     out = tmp_path / "o"
-    res = _run(["run", "--model", str(tiny_llava_dir), "--tasks", "synth_count", "--limit", "3", "--batch-size", "3", "--output", str(out)])
+    res = _run(["run", "--model", str(tiny_llava_dir), "--tasks", "synth_count", "--limit", "3", "--batch-size", "3", "--output", str(out), "--compress", "none"])
     assert res.exit_code == 0, res.output
     assert f"report: {out / 'report.md'}" in res.output
     (out / "report.md").unlink()

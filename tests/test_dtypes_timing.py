@@ -137,7 +137,7 @@ def test_flash_attention_without_the_package_is_a_one_line_error(tmp_path):
 
 def test_device_map_auto_and_eager_attention_run_on_cpu(tmp_path):
     out = tmp_path / "o"
-    args = ["run", "--tasks", "synth_count", "--limit", "3", "--batch-size", "3", "--device", "cpu", "--device-map", "auto", "--attn-implementation", "eager", "--output", str(out)]
+    args = ["run", "--tasks", "synth_count", "--limit", "3", "--batch-size", "3", "--device", "cpu", "--device-map", "auto", "--attn-implementation", "eager", "--output", str(out), "--compress", "none"]
     res = CliRunner().invoke(cli, args)
     assert res.exit_code == 0, res.output
     assert "computing in float32 on cpu (checkpoint float16); weight and KV bytes reported at float16" in res.output

@@ -56,6 +56,6 @@ def test_random_weights_of_the_same_architecture_fail(embedded):
 
 
 def test_default_run_uses_the_embedded_model(tmp_path):
-    res = run(RunConfig(tasks=["synth_attribute"], limit=16, output=str(tmp_path)))
+    res = run(RunConfig(tasks=["synth_attribute"], limit=16, output=str(tmp_path), settings=["none"]))
     (cell,) = res["cells"]
     assert cell["model"] == "embedded" and cell["scores"]["accuracy"] >= 0.75

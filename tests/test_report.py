@@ -38,7 +38,7 @@ def test_markdown_reports_op_speedup_and_escapes_table_breakers():
 
 
 def test_run_writes_an_html_report_with_escaped_predictions(tiny_llava_dir, tmp_path):
-    run(RunConfig(model=str(tiny_llava_dir), tasks=["synth_count"], limit=3, batch_size=3, output=str(tmp_path)))
+    run(RunConfig(model=str(tiny_llava_dir), tasks=["synth_count"], limit=3, batch_size=3, output=str(tmp_path), settings=["none"]))
     store = Store(tmp_path / "results.sqlite")
     key = store.cells()[0]["cell_key"]
     store.db.execute("UPDATE samples SET prediction = ? WHERE cell_key = ?", (EVIL, key))

@@ -72,7 +72,7 @@ def test_weight_bytes_and_kv_bytes_match_the_tensors(tiny_llava_dir, tmp_path):
 
     from vlmcompress.models import load_model
 
-    res = run(_config(tiny_llava_dir, tmp_path))
+    res = run(_config(tiny_llava_dir, tmp_path, settings=["none"]))
     model = load_model(str(tiny_llava_dir)).model
     # the tiny checkpoint is float32 and runs in float32 on the CPU, but bytes are reported
     # at the reference dtype (float16 for a float32 checkpoint): every stored tensor at 2 bytes
@@ -170,8 +170,8 @@ def test_a_broken_sample_is_reported_not_fatal(tiny_llava_dir, tmp_path):
 
 
 def test_batch_size_does_not_change_predictions(tiny_llava_dir, tmp_path):
-    a = run(RunConfig(model=str(tiny_llava_dir), tasks=["synth_count"], limit=12, batch_size=1, output=str(tmp_path / "a")))
-    b = run(RunConfig(model=str(tiny_llava_dir), tasks=["synth_count"], limit=12, batch_size=6, output=str(tmp_path / "b")))
+    a = run(RunConfig(model=str(tiny_llava_dir), tasks=["synth_count"], limit=12, batch_size=1, output=str(tmp_path / "a"), settings=["none"]))
+    b = run(RunConfig(model=str(tiny_llava_dir), tasks=["synth_count"], limit=12, batch_size=6, output=str(tmp_path / "b"), settings=["none"]))
     pa = [json.loads(l)["prediction"] for l in (tmp_path / "a" / "samples.jsonl").read_text().splitlines()]
     pb = [json.loads(l)["prediction"] for l in (tmp_path / "b" / "samples.jsonl").read_text().splitlines()]
     assert pa == pb and a["cells"][0]["scores"] == b["cells"][0]["scores"]

@@ -1,29 +1,86 @@
 """Command line: a thin layer over :mod:`vlmcompress.runner` and :mod:`vlmcompress.report`.
 
-Errors the user can act on print one line and exit with status 2, no traceback.
+Errors the user can act on print one line and exit with status 2, no traceback: our own
+(:class:`~vlmcompress.errors.VlmCompressError`), click's usage errors, and for ``run`` and
+``report`` the environment's (a full disk, a read-only folder, a damaged store).  A sweep
+that finishes with failed cells exits with status 3 after one line naming them; an
+interrupted one with 130.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import Iterator, NoReturn
 
 import click
 
 from .errors import VlmCompressError
 
 DEFAULT_OUTPUT = "runs/default"
+EXIT_USER_ERROR = 2
+EXIT_FAILED_CELLS = 3
+EXIT_INTERRUPTED = 130
+
+
+def _one_line(text: str) -> str:
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    return " | ".join(lines) if lines else "(no message)"
 
 
 def _fail(exc: Exception) -> NoReturn:
-    click.echo(f"error: {exc}", err=True)
-    sys.exit(2)
+    click.echo(f"error: {_one_line(str(exc))}", err=True)
+    sys.exit(EXIT_USER_ERROR)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@contextlib.contextmanager
+def _guard() -> Iterator[None]:
+    """One line and status 2 for errors a user can act on; 130 for Ctrl-C."""
+    import sqlite3
+
+    try:
+        yield
+    except VlmCompressError as exc:
+        _fail(exc)
+    except sqlite3.DatabaseError as exc:  # a store damaged while in use
+        _fail(VlmCompressError(f"the results store cannot be used: {exc}"))
+    except OSError as exc:  # a full disk, a read-only or vanished folder
+        where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
+        _fail(VlmCompressError(f"{exc.strerror or type(exc).__name__}{where}"))
+    except KeyboardInterrupt:
+        click.echo("error: interrupted; finished cells are stored (re-run with the same --output to resume)", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+
+
+class _OneLineGroup(click.Group):
+    """Click's usage errors (a bad option value, an unknown option) as one ``error:`` line
+    with status 2, like every other user error."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.exceptions.NoArgsIsHelpError as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click.UsageError as exc:
+            hint = f" (see {exc.ctx.command_path} --help)" if exc.ctx is not None else ""
+            click.echo(f"error: {_one_line(exc.format_message())}{hint}", err=True)
+            sys.exit(EXIT_USER_ERROR)
+        except click.ClickException as exc:
+            click.echo(f"error: {_one_line(exc.format_message())}", err=True)
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("error: aborted", err=True)
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+@click.group(cls=_OneLineGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", is_flag=True, help="Log warnings and progress details.")
 def cli(verbose: bool) -> None:
     """Measure what training-free compression does to vision-language models."""
@@ -54,7 +111,9 @@ def cli(verbose: bool) -> None:
 @click.option("--trust-remote-code", is_flag=True, default=None, help="Allow a hub model's own code (off unless set).")
 @click.option("--data-dir", help="Local dataset copies: DATA_DIR/<dataset id>/ laid out as the hub repo (default: the hub and the HF cache).")
 @click.option("--toxicity-model", help="Local folder of an HF text classifier that scores toxicity (social_counterfactuals).")
-def run(config, model, tasks, compress, limit, batch_size, seed, output, device, dtype, device_map, attn_implementation, timing, max_new_tokens, trust_remote_code, data_dir, toxicity_model) -> None:
+@click.option("--wait", is_flag=True, help="When another vlmcompress process holds --output, wait for it instead of refusing.")
+@click.option("--retry-failed", is_flag=True, help="Compute again the cells an earlier run recorded as failed (skipped otherwise).")
+def run(config, model, tasks, compress, limit, batch_size, seed, output, device, dtype, device_map, attn_implementation, timing, max_new_tokens, trust_remote_code, data_dir, toxicity_model, wait, retry_failed) -> None:
     """Run a sweep (no arguments: the embedded model on the held-out synthetic suite)."""
     from .runner import RunConfig
     from .runner import run as run_sweep
@@ -66,16 +125,23 @@ def run(config, model, tasks, compress, limit, batch_size, seed, output, device,
     }
     if compress:
         overrides["compress"] = list(compress)
-    try:
+    with _guard():
         if config:
             cfg = RunConfig.from_yaml(config, **overrides)
         else:
             cfg = RunConfig.from_dict({"output": DEFAULT_OUTPUT, **{k: v for k, v in overrides.items() if v is not None}})
-        results = run_sweep(cfg, echo=click.echo)
-    except VlmCompressError as exc:
-        _fail(exc)
+        results = run_sweep(cfg, echo=click.echo, wait=wait, retry_failed=retry_failed)
     _print_summary(results)
     click.echo(f"report: {Path(cfg.output) / 'report.md'}")
+    failed = results.get("failed_cells") or []
+    if failed:
+        first = failed[0]
+        click.echo(
+            f"error: {len(failed)} cell(s) failed, e.g. {first['model']} | {first['setting']} | {first['task']}: {_one_line(first.get('error') or '')}"
+            " (see failed_cells in results.json; --retry-failed computes them again)",
+            err=True,
+        )
+        sys.exit(EXIT_FAILED_CELLS)
 
 
 def _print_summary(results: dict) -> None:
@@ -103,25 +169,41 @@ def _print_summary(results: dict) -> None:
 
 @cli.command()
 @click.argument("directory", type=click.Path(file_okay=False))
-def report(directory: str) -> None:
+@click.option("--wait", is_flag=True, help="When a run is writing DIRECTORY, wait for it instead of refusing.")
+def report(directory: str, wait: bool) -> None:
     """Rewrite report.md (and results.json) of a run directory from its store."""
-    from .runner.outputs import write_outputs
+    from .runner.outputs import OutputLock, write_outputs
     from .store import Store
 
     path = Path(directory)
     db = path / "results.sqlite"
-    if not db.exists():
+    if not db.is_file():
         _fail(VlmCompressError(f"{directory!r} holds no results.sqlite (not a vlmcompress run directory)"))
-    previous = path / "results.json"
-    meta = {}
-    if previous.exists():
-        meta = {k: v for k, v in json.loads(previous.read_text()).items() if k != "cells"}
-    store = Store(db)
-    try:
-        write_outputs(path, store, meta)
-    finally:
-        store.close()
+    with _guard(), OutputLock(path, wait=wait, echo=click.echo):
+        store = Store(db)
+        try:
+            meta = store.meta()
+            if meta is None:  # a store of an older run: its config is only in results.json
+                meta = _meta_from_results_json(path / "results.json")
+            write_outputs(path, store, meta)
+        finally:
+            store.close()
     click.echo(f"report: {path / 'report.md'}")
+
+
+def _meta_from_results_json(previous: Path) -> dict:
+    if not previous.exists():
+        return {}
+    try:
+        data = json.loads(previous.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise VlmCompressError(
+            f"{str(previous)!r} is not valid JSON ({_one_line(str(exc))}), and this older store does not hold the run's config: "
+            "restore results.json or re-run with the same --output"
+        ) from None
+    if not isinstance(data, dict):
+        raise VlmCompressError(f"{str(previous)!r} does not hold a JSON object; restore it or re-run with the same --output")
+    return {k: v for k, v in data.items() if k not in ("cells", "failed_cells", "lmms_eval")}
 
 
 @cli.command()
@@ -200,6 +282,26 @@ def tiny_model(family: str, directory: str, seed: int) -> None:
     except VlmCompressError as exc:
         _fail(exc)
     click.echo(f"{family}: {path}")
+
+
+@cli.command(name="export-lmms-eval")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.argument("out", type=click.Path(file_okay=False))
+def export_lmms_eval_command(directory: str, out: str) -> None:
+    """Write the run in DIRECTORY as lmms-eval writes its results: one folder per model and
+    setting under OUT, OUT/<model>/<setting>/<date>_results.json (lmms-eval's results
+    block) and <date>_samples_<task>.jsonl (its per-sample logs).  Prints one line per
+    folder written."""
+    from .runner.lmms_results import export_run
+
+    try:
+        written = export_run(Path(directory), Path(out))
+    except VlmCompressError as exc:
+        _fail(exc)
+    for path in written:
+        date_id = path.name[: -len("_results.json")]
+        tasks = len(list(path.parent.glob(f"{date_id}_samples_*.jsonl")))
+        click.echo(f"{path.parent}: {path.name} + {tasks} sample file(s)")
 
 
 def main() -> None:

@@ -11,3 +11,12 @@ class ConfigError(VlmCompressError, ValueError):
 
 class ModelLoadError(VlmCompressError):
     """A model could not be loaded (missing path, no network for a hub id, unsupported family)."""
+
+
+class StoreError(VlmCompressError):
+    """A run's store or output folder cannot be used: damaged, written by something else,
+    read-only, full, or held by another run."""
+
+
+class OutputBusyError(StoreError):
+    """Another vlmcompress process holds the output folder's lock."""

@@ -348,7 +348,7 @@ def train(cfg: TrainConfig, work_dir: Path, export_dir: Path) -> None:
     ckpt_path = work_dir / "checkpoint.pt"
     start_step, elapsed_before, vision_acc = 0, 0.0, None
     if ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, weights_only=False)
+        ckpt = torch.load(ckpt_path, weights_only=True)  # tensors, numbers and dicts only: never unpickles code
         model.load_state_dict(ckpt["model"])
         start_step, elapsed_before, vision_acc = ckpt["step"], ckpt["elapsed_s"], ckpt["vision_acc"]
         opt_state = ckpt["optimizer"]

@@ -22,6 +22,21 @@ from .base import HOOK_POINTS, METHODS, CompressionMethod
 BASELINE = "none"
 _CALL = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(?:\((.*)\))?\s*$", re.S)
 
+# Size and depth limits: a spec longer than this, a stack of more methods or a method with
+# more knobs is refused at once, with one line quoting at most its start (a setting pasted
+# thousands of times would otherwise be built and checked method by method).
+MAX_SPEC_CHARS = 1000
+MAX_METHODS = 16  # per setting; no composable stack comes near (one method per family)
+MAX_KNOBS = 32  # per method
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def short(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` on one line, cut to ``limit`` characters (error messages quote
+    user input with it, so a huge or multi-line input stays a one-line message)."""
+    text = repr(value) if not isinstance(value, str) or len(value) <= 4 * limit else repr(value[: 4 * limit])
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
 
 @dataclass
 class Setting:
@@ -51,12 +66,12 @@ def _split_top_level(text: str, sep: str) -> list[str]:
         elif ch == ")":
             depth -= 1
             if depth < 0:
-                raise ConfigError(f"malformed compression spec {text!r}: unbalanced ')'")
+                raise ConfigError(f"malformed compression spec {short(text)}: unbalanced ')'")
         elif ch == sep and depth == 0:
             parts.append(text[start:i])
             start = i + 1
     if depth != 0:
-        raise ConfigError(f"malformed compression spec {text!r}: unbalanced '('")
+        raise ConfigError(f"malformed compression spec {short(text)}: unbalanced '('")
     parts.append(text[start:])
     return parts
 
@@ -81,24 +96,32 @@ def _parse_scalar(raw: str) -> Any:
 def parse_spec(spec: str) -> list[tuple[str, dict[str, Any]]]:
     """``"a(x=1)+b"`` -> ``[("a", {"x": 1}), ("b", {})]`` (names and raw values only)."""
     if not isinstance(spec, str) or not spec.strip():
-        raise ConfigError(f"malformed compression spec {spec!r}: empty")
+        raise ConfigError(f"malformed compression spec {short(spec)}: empty")
+    if len(spec) > MAX_SPEC_CHARS:
+        raise ConfigError(f"compression spec {short(spec, 60)} is {len(spec)} characters long; the limit is {MAX_SPEC_CHARS}")
     if spec.strip() == BASELINE:
         return []
+    parts = _split_top_level(spec, "+")
+    if len(parts) > MAX_METHODS:
+        raise ConfigError(f"compression spec {short(spec, 60)} stacks {len(parts)} methods; a setting holds at most {MAX_METHODS}")
     out = []
-    for part in _split_top_level(spec, "+"):
+    for part in parts:
         m = _CALL.match(part)
         if not m:
-            raise ConfigError(f"malformed compression spec {spec!r}: cannot read {part.strip()!r} (expected name or name(knob=value,...))")
+            raise ConfigError(f"malformed compression spec {short(spec)}: cannot read {short(part.strip())} (expected name or name(knob=value,...))")
         name, args = m.group(1), m.group(2)
         knobs: dict[str, Any] = {}
         if args and args.strip():
-            for item in _split_top_level(args, ","):
+            items = _split_top_level(args, ",")
+            if len(items) > MAX_KNOBS:
+                raise ConfigError(f"compression spec {short(spec, 60)}: {name}(...) has {len(items)} knobs; at most {MAX_KNOBS}")
+            for item in items:
                 if "=" not in item:
-                    raise ConfigError(f"malformed compression spec {spec!r}: {item.strip()!r} in {name}(...) is not knob=value")
+                    raise ConfigError(f"malformed compression spec {short(spec)}: {short(item.strip())} in {name}(...) is not knob=value")
                 key, value = item.split("=", 1)
                 key = key.strip()
                 if key in knobs:
-                    raise ConfigError(f"malformed compression spec {spec!r}: knob {key!r} given twice to {name}")
+                    raise ConfigError(f"malformed compression spec {short(spec)}: knob {short(key)} given twice to {name}")
                 knobs[key] = _parse_scalar(value)
         out.append((name, knobs))
     return out
@@ -109,7 +132,7 @@ def _coerce(method: str, knob: str, value: Any, annotation: Any) -> Any:
     args = typing.get_args(annotation)
     if origin is Literal:
         if value not in args:
-            raise ConfigError(f"{method}: {knob}={value!r} is not allowed; allowed: {', '.join(map(str, args))}")
+            raise ConfigError(f"{method}: {knob}={short(value)} is not allowed; allowed: {', '.join(map(str, args))}")
         return value
     if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
         if value is None and type(None) in args:
@@ -121,20 +144,20 @@ def _coerce(method: str, knob: str, value: Any, annotation: Any) -> Any:
                 return _coerce(method, knob, value, a)
             except ConfigError:
                 continue
-        raise ConfigError(f"{method}: {knob}={value!r} has the wrong type (expected {annotation})")
+        raise ConfigError(f"{method}: {knob}={short(value)} has the wrong type (expected {annotation})")
     if annotation is bool:
         if isinstance(value, bool):
             return value
-        raise ConfigError(f"{method}: {knob}={value!r} must be true or false")
+        raise ConfigError(f"{method}: {knob}={short(value)} must be true or false")
     if annotation is int:
         if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
-            raise ConfigError(f"{method}: {knob}={value!r} must be an integer")
+            raise ConfigError(f"{method}: {knob}={short(value)} must be an integer")
         return int(value)
     if annotation is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{method}: {knob}={value!r} must be a number")
+            raise ConfigError(f"{method}: {knob}={short(value)} must be a number")
         if not math.isfinite(value):  # NaN passes every range check: refuse it (and ±inf) here
-            raise ConfigError(f"{method}: {knob}={value!r} must be a finite number")
+            raise ConfigError(f"{method}: {knob}={short(value)} must be a finite number")
         return float(value)
     if annotation is str:
         return str(value)
@@ -145,9 +168,15 @@ def build_method(name: str, knobs: dict[str, Any]) -> CompressionMethod:
     cls = METHODS.get(name)
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(knobs) - set(fields))
+    if len(knobs) > MAX_KNOBS:
+        raise ConfigError(f"{name}: {len(knobs)} knobs given; at most {MAX_KNOBS}")
+    unknown = sorted(set(map(str, knobs)) - set(fields))
     if unknown:
-        raise ConfigError(f"{name}: unknown knob {', '.join(map(repr, unknown))}; known: {', '.join(fields) or '(none)'}")
+        shown = ", ".join(short(k, 40) for k in unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+        raise ConfigError(f"{name}: unknown knob {shown}; known: {', '.join(fields) or '(none)'}")
+    for k, v in knobs.items():
+        if not isinstance(v, _SCALARS):  # a depth limit too: knob values never nest
+            raise ConfigError(f"{name}: {k}={short(v)} must be a single value (a number, a string, true/false or null), not a {type(v).__name__}")
     values = {k: _coerce(name, k, v, hints[k]) for k, v in knobs.items()}
     method = cls(**values)
     method.validate()
@@ -166,22 +195,22 @@ def check_stack(methods: list[CompressionMethod], text: str) -> None:
     names = [m.name for m in methods]
     for name in dict.fromkeys(names):
         if names.count(name) > 1:
-            raise ConfigError(f"setting {text!r}: {name} appears twice; a method is applied once per setting")
+            raise ConfigError(f"setting {short(text, 120)}: {name} appears twice; a method is applied once per setting")
     by_family: dict[str, list[str]] = {}
     for m in methods:
         if m.family is not None:
             by_family.setdefault(m.family, []).append(m.name)
     for family, members in by_family.items():
         if len(members) > 1:
-            raise ConfigError(f"setting {text!r}: {' and '.join(members)} are both {family.replace('_', ' ')} methods; stack at most one")
+            raise ConfigError(f"setting {short(text, 120)}: {' and '.join(members)} are both {family.replace('_', ' ')} methods; stack at most one")
     for pair, why in _FAMILY_CONFLICTS.items():
         if pair <= set(by_family):
             a, b = sorted(pair)
-            raise ConfigError(f"setting {text!r}: {by_family[a][0]} + {by_family[b][0]}: {why}")
+            raise ConfigError(f"setting {short(text, 120)}: {by_family[a][0]} + {by_family[b][0]}: {why}")
     for m in methods:
         for family, why in m.refuses.items():
             if family in by_family:
-                raise ConfigError(f"setting {text!r}: {m.name} + {by_family[family][0]}: {why}")
+                raise ConfigError(f"setting {short(text, 120)}: {m.name} + {by_family[family][0]}: {why}")
 
 
 def build_setting(spec: str | list | dict) -> Setting:
@@ -190,18 +219,26 @@ def build_setting(spec: str | list | dict) -> Setting:
         parsed = parse_spec(spec)
         text = spec
     else:
+        if not isinstance(spec, (list, dict)):
+            raise ConfigError(f"compression setting {short(spec)} must be a spec string or a list of {{method: {{knob: value}}}} mappings")
         items = spec if isinstance(spec, list) else [spec]
+        if len(items) > MAX_METHODS:
+            raise ConfigError(f"compression setting {short(spec, 60)} stacks {len(items)} entries; a setting holds at most {MAX_METHODS}")
         parsed = []
         for item in items:
             if isinstance(item, str):
                 parsed.extend(parse_spec(item))
             elif isinstance(item, dict) and len(item) == 1:
                 (name, knobs), = item.items()
+                if not isinstance(name, str):
+                    raise ConfigError(f"compression entry {short(item)}: the method name must be a string")
                 if knobs is not None and not isinstance(knobs, dict):
-                    raise ConfigError(f"compression entry {item!r}: knobs of {name} must be a mapping")
+                    raise ConfigError(f"compression entry {short(item)}: knobs of {name} must be a mapping")
                 parsed.append((name, dict(knobs or {})))
             else:
-                raise ConfigError(f"compression entry {item!r} must be a spec string or a one-key mapping {{method: {{knob: value}}}}")
+                raise ConfigError(f"compression entry {short(item)} must be a spec string or a one-key mapping {{method: {{knob: value}}}}")
+            if len(parsed) > MAX_METHODS:
+                raise ConfigError(f"compression setting {short(spec, 60)} stacks more than {MAX_METHODS} methods")
         methods = [build_method(n, k) for n, k in parsed]
         text = "+".join(m.spec() for m in methods) or BASELINE
         check_stack(methods, text)

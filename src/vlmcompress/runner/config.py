@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,6 +13,7 @@ import yaml
 
 from ..errors import ConfigError
 from ..methods import BASELINE, Setting, build_setting
+from ..methods.spec import short
 from ..tasks import SYNTHETIC_SUITE, TASKS
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -19,6 +22,25 @@ DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
 TIMING_MODES = ("batch", "request")
 
+# Size and depth limits of a config: a file larger than MAX_CONFIG_BYTES, a document that
+# expands (anchors and aliases included) to more than MAX_YAML_NODES values or nests deeper
+# than MAX_YAML_DEPTH is refused with one line before anything is built from it, so a
+# 400-byte alias bomb never expands into gigabytes.
+MAX_CONFIG_BYTES = 1 << 20
+MAX_YAML_NODES = 100_000
+MAX_YAML_DEPTH = 32
+MAX_MODELS = 100
+MAX_SETTINGS = 1000
+# Upper bounds of the integer fields (far above any real run; a typo of a few digits is caught).
+_INT_LIMITS = {
+    "limit": 10_000_000,
+    "batch_size": 100_000,
+    "max_new_tokens": 1_000_000,
+    "calibration_samples": 1_000_000,
+}
+SEED_MAX = 2**32 - 1  # numpy's generators take seeds in [0, 2**32)
+_CUDA_INDEX = re.compile(r"cuda:\d{1,4}")
+
 
 @dataclass
 class RunConfig:
@@ -26,8 +48,22 @@ class RunConfig:
 
     model: str | list[str] = "embedded"  # local folder, hub id, or "embedded"; a list sweeps models
     tasks: list[str] = field(default_factory=lambda: list(SYNTHETIC_SUITE))
-    settings: list[Any] = field(default_factory=lambda: [BASELINE])  # spec strings or YAML lists; the baseline is always added
-    limit: int | None = 100  # samples per task (None: the task's full size)
+    # spec strings or YAML lists; the baseline is always added.  The default shows every
+    # family on the embedded model (configs/default.yaml mirrors it): weight quantization,
+    # pruning, KV-cache quantization, KV eviction, visual-token pruning, and one stack.
+    settings: list[Any] = field(default_factory=lambda: [
+        BASELINE,
+        "rtn(bits=4,group_size=64)",
+        "awq(bits=4,group_size=64)",
+        "wanda(sparsity=0.5)",
+        "kivi(bits=2,group=32,residual=32)",
+        "kv_uniform(bits=2)",
+        "snapkv(ratio=0.4)",
+        "visionzip(ratio=0.4)",
+        "fastv(ratio=0.4,query=all)",
+        "awq(bits=4,group_size=64)+visionzip(ratio=0.4)+kivi(bits=2,group=32,residual=32)",
+    ])
+    limit: int | None = 16  # samples per task (None: the task's full size); 16 keeps the default run of every family within minutes on 2 CPU cores
     batch_size: int = 16
     seed: int = 1234  # draws the held-out samples; another seed gives fresh scenes
     output: str = "runs/default"
@@ -51,15 +87,26 @@ class RunConfig:
         return [self.model] if isinstance(self.model, str) else list(self.model)
 
     def validate(self) -> list[Setting]:
-        """Check every field; return the built settings (baseline first)."""
-        if not self.models or not all(isinstance(m, str) and m for m in self.models):
-            raise ConfigError(f"model must be a non-empty string or list of strings, got {self.model!r}")
+        """Check every field; return the built settings (baseline first).  Duplicate models,
+        tasks and settings are dropped (each is computed once)."""
+        models = [self.model] if isinstance(self.model, str) else self.model
+        if not isinstance(models, list) or not models or not all(isinstance(m, str) and m.strip() for m in models):
+            raise ConfigError(f"model must be a non-empty string or a list of them, got {short(self.model)}")
+        if len(models) > MAX_MODELS:
+            raise ConfigError(f"model: {len(models)} models given; at most {MAX_MODELS}")
+        if isinstance(self.model, list):
+            self.model = list(dict.fromkeys(self.model))
+        if isinstance(self.tasks, str):
+            self.tasks = [t.strip() for t in self.tasks.split(",") if t.strip()]
+        if not isinstance(self.tasks, list):
+            raise ConfigError(f"tasks must be a list of task names or a comma-separated string, got {short(self.tasks)}")
         if not self.tasks:
             raise ConfigError("tasks: at least one task is needed; known: " + ", ".join(TASKS.names()))
         for t in self.tasks:
-            TASKS.get(t)
+            _known_task("tasks", t)
+        self.tasks = list(dict.fromkeys(self.tasks))  # a task named twice is computed once
         if self.calibration_task is not None:
-            TASKS.get(self.calibration_task)
+            _known_task("calibration_task", self.calibration_task)
         _positive("batch_size", self.batch_size)
         _positive("calibration_samples", self.calibration_samples)
         if self.limit is not None:
@@ -67,19 +114,26 @@ class RunConfig:
         if self.max_new_tokens is not None:
             _positive("max_new_tokens", self.max_new_tokens)
         for name in ("seed", "calibration_seed"):
-            if not isinstance(getattr(self, name), int) or isinstance(getattr(self, name), bool):
-                raise ConfigError(f"{name} must be an integer, got {getattr(self, name)!r}")
-        if self.device not in DEVICES and not str(self.device).startswith("cuda:"):
-            raise ConfigError(f"device={self.device!r} is not allowed; allowed: {', '.join(DEVICES)} or cuda:N")
-        if self.dtype not in DTYPES:
-            raise ConfigError(f"dtype={self.dtype!r} is not allowed; allowed: {', '.join(DTYPES)}")
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= SEED_MAX:
+                raise ConfigError(f"{name} must be an integer from 0 to {SEED_MAX}, got {short(value)}")
+        if isinstance(self.output, os.PathLike):
+            self.output = os.fspath(self.output)
+        if not isinstance(self.output, str) or not self.output.strip() or "\x00" in self.output:
+            raise ConfigError(f"output must be a folder path, got {short(self.output)}")
+        if not isinstance(self.trust_remote_code, bool):
+            raise ConfigError(f"trust_remote_code must be true or false, got {short(self.trust_remote_code)}")
+        if not isinstance(self.device, str) or (self.device not in DEVICES and not _CUDA_INDEX.fullmatch(self.device)):
+            raise ConfigError(f"device={short(self.device)} is not allowed; allowed: {', '.join(DEVICES)} or cuda:N")
+        for name, allowed in (("dtype", DTYPES), ("attn_implementation", ATTN_IMPLEMENTATIONS), ("timing", TIMING_MODES)):
+            value = getattr(self, name)
+            if not isinstance(value, str) or value not in allowed:
+                raise ConfigError(f"{name}={short(value)} is not allowed; allowed: {', '.join(allowed)}")
         if self.device_map is not None:
-            if self.device_map not in DEVICE_MAPS:
-                raise ConfigError(f"device_map={self.device_map!r} is not allowed; allowed: {', '.join(DEVICE_MAPS)} (or none)")
+            if not isinstance(self.device_map, str) or self.device_map not in DEVICE_MAPS:
+                raise ConfigError(f"device_map={short(self.device_map)} is not allowed; allowed: {', '.join(DEVICE_MAPS)} (or none)")
             if str(self.device).startswith("cuda:"):
                 raise ConfigError(f"device_map={self.device_map!r} spreads the model over every visible GPU; device={self.device!r} picks one (choose GPUs with CUDA_VISIBLE_DEVICES)")
-        if self.attn_implementation not in ATTN_IMPLEMENTATIONS:
-            raise ConfigError(f"attn_implementation={self.attn_implementation!r} is not allowed; allowed: {', '.join(ATTN_IMPLEMENTATIONS)}")
         if self.attn_implementation == "flash_attention_2":
             from ..models.loading import flash_attention_available
 
@@ -90,12 +144,16 @@ class RunConfig:
                 )
             if self.device == "cpu":
                 raise ConfigError("attn_implementation=flash_attention_2 runs on CUDA GPUs only; device='cpu'")
-        if self.timing not in TIMING_MODES:
-            raise ConfigError(f"timing={self.timing!r} is not allowed; allowed: {', '.join(TIMING_MODES)}")
         for key in ("data_dir", "toxicity_model"):
             value = getattr(self, key)
-            if value is not None and (not isinstance(value, str) or not Path(value).expanduser().is_dir()):
-                raise ConfigError(f"{key}={value!r} is not a folder")
+            if isinstance(value, os.PathLike):
+                value = os.fspath(value)
+            if value is not None and (not isinstance(value, str) or not _is_dir(value)):
+                raise ConfigError(f"{key}={short(value)} is not a folder")
+        if not isinstance(self.settings, list):
+            raise ConfigError(f"compress must be a setting (a spec string) or a list of settings, got {short(self.settings)}")
+        if len(self.settings) > MAX_SETTINGS:
+            raise ConfigError(f"compress: {len(self.settings)} settings given; at most {MAX_SETTINGS} in one run")
         settings = [build_setting(BASELINE)]
         seen = {BASELINE}
         for spec in self.settings:
@@ -107,32 +165,30 @@ class RunConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides: Any) -> "RunConfig":
-        path = Path(path)
-        if not path.exists():
-            raise ConfigError(f"config file {str(path)!r} does not exist")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {str(path)!r} is not valid YAML: {str(exc).splitlines()[0]}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"config file {str(path)!r} must hold a mapping of keys")
-        return cls.from_dict({**data, **{k: v for k, v in overrides.items() if v is not None}})
+        data = load_yaml_config(path)
+        overrides = {k: v for k, v in overrides.items() if v is not None}
+        if "model" in overrides:  # --model replaces the file's model or models
+            data.pop("models", None)
+        return cls.from_dict({**data, **overrides})
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "RunConfig":
+        if not isinstance(data, dict):
+            raise ConfigError(f"a config must be a mapping of keys, got {short(data)}")
         data = dict(data)
-        if "compress" in data:  # the CLI's name for settings
-            data["settings"] = list(data.pop("compress") or []) + list(data.get("settings", []) or [])
-        if "models" in data:
-            data["model"] = data.pop("models")
         allowed = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(data) - set(allowed))
+        unknown = [k for k in data if k not in allowed and k not in ("compress", "models")]
         if unknown:
-            raise ConfigError(f"unknown config key {', '.join(map(repr, unknown))}; allowed: {', '.join(allowed + ['compress', 'models'])}")
+            shown = ", ".join(short(k, 40) for k in unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+            raise ConfigError(f"unknown config key {shown}; allowed: {', '.join(allowed + ['compress', 'models'])}")
+        if "compress" in data or "settings" in data:  # compress: the CLI's name for settings
+            data["settings"] = _as_settings("compress", data.pop("compress", None)) + _as_settings("settings", data.get("settings"))
+        if "models" in data:
+            if "model" in data:
+                raise ConfigError("give model or models, not both")
+            data["model"] = data.pop("models")
         if isinstance(data.get("tasks"), str):
             data["tasks"] = [t.strip() for t in data["tasks"].split(",") if t.strip()]
-        if isinstance(data.get("settings"), str):
-            data["settings"] = [data["settings"]]
         return cls(**data)
 
     def to_dict(self) -> dict[str, Any]:
@@ -141,4 +197,131 @@ class RunConfig:
 
 def _positive(name: str, value: Any) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        raise ConfigError(f"{name} must be a positive integer, got {short(value)}")
+    if name in _INT_LIMITS and value > _INT_LIMITS[name]:
+        raise ConfigError(f"{name}={value} is above the limit of {_INT_LIMITS[name]}")
+
+
+def _known_task(key: str, name: Any) -> None:
+    if not isinstance(name, str):
+        raise ConfigError(f"{key}: a task name must be a string, got {short(name)}")
+    if name not in TASKS:
+        raise ConfigError(f"unknown task {short(name)}; known: {', '.join(TASKS.names())}")
+
+
+def _is_dir(value: str) -> bool:
+    try:
+        return Path(value).expanduser().is_dir()
+    except (OSError, ValueError, RuntimeError):  # a NUL byte, a name too long, an unknown ~user
+        return False
+
+
+def _as_settings(key: str, value: Any) -> list[Any]:
+    """``compress``/``settings`` as a list of settings: one spec string or one mapping is one
+    setting (a bare string was read character by character)."""
+    if value is None:
+        return []
+    if isinstance(value, (str, dict)):
+        return [value]
+    if isinstance(value, list):
+        return list(value)
+    raise ConfigError(f"{key} must be a setting (a spec string) or a list of settings, got {short(value)}")
+
+
+# ----------------------------------------------------------------------------- YAML
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    problem = getattr(exc, "problem", None) or (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    mark = getattr(exc, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{problem}{where}"
+
+
+def _check_yaml_shape(text: str, where: str) -> None:
+    """Walk the YAML events (nothing is built) and refuse a document that nests deeper than
+    MAX_YAML_DEPTH or expands, with anchors and aliases, to more than MAX_YAML_NODES values,
+    quoting the line where the limit is crossed."""
+    lines = text.splitlines()
+
+    def refuse(mark, what: str) -> None:
+        line = lines[mark.line].strip() if mark is not None and mark.line < len(lines) else ""
+        at = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"config file {where}{at} ({short(line, 60)}): {what}")
+
+    stack: list[list[Any]] = []  # open collections: [expanded size, height below, anchor, mark]
+    anchors: dict[str, tuple[int, int]] = {}  # anchor -> (expanded size, height)
+
+    def add(size: int, height: int, mark) -> None:
+        if not stack:
+            return
+        top = stack[-1]
+        top[0] += size
+        top[1] = max(top[1], height + 1)
+        if top[0] > MAX_YAML_NODES:
+            refuse(mark, f"expands to more than {MAX_YAML_NODES} values (anchors and aliases repeat what they name); write the values out")
+        if len(stack) + height > MAX_YAML_DEPTH:
+            refuse(mark, f"nests deeper than {MAX_YAML_DEPTH} levels once aliases are expanded")
+
+    for ev in yaml.parse(text, Loader=_Loader):
+        if isinstance(ev, yaml.AliasEvent):
+            if ev.anchor in anchors:
+                add(*anchors[ev.anchor], ev.start_mark)
+            elif any(frame[2] == ev.anchor for frame in stack):
+                refuse(ev.start_mark, f"the alias *{ev.anchor} refers to the collection that contains it")
+            # an undefined alias: the loader below says so
+        elif isinstance(ev, yaml.ScalarEvent):
+            if ev.anchor:
+                anchors[ev.anchor] = (1, 0)
+            add(1, 0, ev.start_mark)
+        elif isinstance(ev, (yaml.SequenceStartEvent, yaml.MappingStartEvent)):
+            if len(stack) >= MAX_YAML_DEPTH:
+                refuse(ev.start_mark, f"nests deeper than {MAX_YAML_DEPTH} levels")
+            stack.append([1, 0, ev.anchor, ev.start_mark])
+        elif isinstance(ev, (yaml.SequenceEndEvent, yaml.MappingEndEvent)):
+            size, height, anchor, mark = stack.pop()
+            if anchor:
+                anchors[anchor] = (size, height)
+            add(size, height, mark)
+
+
+def load_yaml_config(path: str | Path) -> dict[str, Any]:
+    """The mapping of a YAML config file, within the size and depth limits (module doc);
+    every problem is one :class:`ConfigError` line."""
+    try:
+        path = Path(path)
+        where = short(str(path), 100)
+        if not path.exists():
+            raise ConfigError(f"config file {where} does not exist")
+        if not path.is_file():
+            raise ConfigError(f"config file {where} is not a file")
+        size = path.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"config file {where} is {size} bytes; the limit is {MAX_CONFIG_BYTES}")
+        raw = path.read_bytes()[: MAX_CONFIG_BYTES + 1]
+    except ConfigError:
+        raise
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {short(str(path), 100)}: {exc.strerror or type(exc).__name__}") from None
+    except ValueError as exc:  # a NUL byte in the name
+        raise ConfigError(f"config file {short(str(path), 100)}: {exc}") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config file {where} is larger than {MAX_CONFIG_BYTES} bytes")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {where} is not UTF-8 text (byte {raw[exc.start]:#04x} at offset {exc.start}); save it as UTF-8") from None
+    text = text.removeprefix("\ufeff")
+    try:
+        _check_yaml_shape(text, where)
+        data = yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {where} is not valid YAML: {_yaml_problem(exc)}") from None
+    except RecursionError:
+        raise ConfigError(f"config file {where} nests too deeply") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {where} must hold a mapping of keys, not a {type(data).__name__}")
+    return data

@@ -121,14 +121,29 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._=-]+", "_", text).strip("_")[:120] or "setting"
 
 
+def _folder_name(text: str, taken: set[str]) -> str:
+    """A file-system-safe folder name for a model or setting, unique among ``taken``: the
+    slug, with a hash of the full text when the slug was cut or is taken already."""
+    name = _slug(text)
+    full = re.sub(r"[^A-Za-z0-9._=-]+", "_", text).strip("_")
+    if name in taken or len(full) > len(name) or name in (".", ".."):
+        name = f"{name[:110]}_{hashlib.sha256(text.encode('utf-8', 'replace')).hexdigest()[:8]}"
+    taken.add(name)
+    return name
+
+
 def export_lmms_eval(cells: list[dict[str, Any]], rows_of: dict[str, list[dict[str, Any]]], meta: dict[str, Any], out: Path) -> list[Path]:
     """One lmms-eval-style folder per model and setting under ``out``:
-    ``<model>/<setting>/<date>_results.json`` and ``<date>_samples_<task>.jsonl``."""
-    date_id = (meta.get("date") or "unknown").replace(":", "-")
+    ``<model>/<setting>/<date>_results.json`` and ``<date>_samples_<task>.jsonl``; returns
+    the results files written, one per folder."""
+    date_id = re.sub(r"[^A-Za-z0-9._+=-]+", "_", str(meta.get("date") or "unknown").replace(":", "-"))[:64]
+    cells = [c for c in cells if c.get("status") != "failed"]  # raised as a whole: nothing to report
     written = []
+    models_taken: set[str] = set()
     for model, by_setting in lmms_blocks(cells, meta).items():
+        model_dir, settings_taken = _folder_name(model, models_taken), set()
         for setting, block in by_setting.items():
-            folder = out / _slug(model) / _slug(setting)
+            folder = out / model_dir / _folder_name(setting, settings_taken)
             folder.mkdir(parents=True, exist_ok=True)
             path = folder / f"{date_id}_results.json"
             path.write_text(json.dumps(block, indent=2, default=str) + "\n")
@@ -138,3 +153,62 @@ def export_lmms_eval(cells: list[dict[str, Any]], rows_of: dict[str, list[dict[s
                     lines = [json.dumps(sample_log(r, c["task"]), default=str) for r in rows_of.get(c["cell_key"], [])]
                     (folder / f"{date_id}_samples_{c['task']}.jsonl").write_text("".join(line + "\n" for line in lines))
     return written
+
+
+def _run_meta(run_dir: Path, store: Any) -> dict[str, Any]:
+    """The run's config, versions and date: ``results.json`` without its cells, else what
+    the store holds (an unreadable ``results.json`` is an error only when the store holds
+    nothing either)."""
+    from ..errors import VlmCompressError
+
+    path = run_dir / "results.json"
+    problem = None
+    if path.is_file():
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if isinstance(data, dict):
+                return {k: v for k, v in data.items() if k not in ("cells", "failed_cells", "lmms_eval")}
+            problem = "does not hold a JSON object"
+        except (OSError, ValueError) as exc:
+            problem = f"is not readable JSON ({type(exc).__name__})"
+    stored = store.meta() if hasattr(store, "meta") else None
+    if isinstance(stored, dict):
+        return stored
+    if problem:
+        raise VlmCompressError(f"{str(path)!r} {problem}, and the store does not hold the run's config: restore it or re-run `vlmcompress report`")
+    return {}
+
+
+def export_run(run_dir: Path, out: Path) -> list[Path]:
+    """``vlmcompress export-lmms-eval``: the store of ``run_dir`` exported with
+    :func:`export_lmms_eval` under ``out`` (cells that failed as a whole are left out).
+    Problems a user can fix raise :class:`~vlmcompress.errors.VlmCompressError` with one line."""
+    import sqlite3
+
+    from ..errors import VlmCompressError
+    from ..store import Store
+
+    run_dir, out = Path(run_dir), Path(out)
+    db = run_dir / "results.sqlite"
+    if not db.is_file():
+        raise VlmCompressError(f"{str(run_dir)!r} holds no results.sqlite (not a vlmcompress run directory)")
+    try:
+        store = Store(db)
+    except sqlite3.DatabaseError as exc:
+        raise VlmCompressError(f"{str(db)!r} is not a readable vlmcompress store ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+    try:
+        cells = [c for c in store.cells() if c.get("status") != "failed"]
+        rows_of = {c["cell_key"]: store.samples(c["cell_key"]) for c in cells}
+        meta = _run_meta(run_dir, store)
+    except sqlite3.DatabaseError as exc:
+        raise VlmCompressError(f"{str(db)!r} cannot be read: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    finally:
+        store.close()
+    if not cells:
+        raise VlmCompressError(f"{str(run_dir)!r} holds no finished cell to export")
+    if out.exists() and not out.is_dir():
+        raise VlmCompressError(f"{str(out)!r} is a file, not a folder")
+    try:
+        return export_lmms_eval(cells, rows_of, meta, out)
+    except OSError as exc:
+        raise VlmCompressError(f"cannot write under {str(out)!r}: {exc.strerror or type(exc).__name__}{': ' + str(exc.filename) if exc.filename else ''}") from None

@@ -227,43 +227,30 @@ TEXTVQA_VAL = LmmsTaskSpec(
     "The YAML's doc_to_target 'answer' names no column of the dataset; the gold list is 'answers'.",
 )
 
-DOCVQA_VAL = LmmsTaskSpec(
-    name="docvqa_val",
-    dataset_id="lmms-lab-encoder/DocVQA",
-    aliases=("lmms-lab/DocVQA",),
-    config="DocVQA",
-    split="validation",
-    answer_column="answers",
-    columns=(_IMAGE, _col("question"), _col("answers", "list[str]"), _col("questionId", "str|int")),
-    post_prompt=prompts.SHORT_ANSWER,
-    doc_to_text=prompts.plain_prompt("", prompts.SHORT_ANSWER),
-    doc_to_target=_get("answers"),
-    max_new_tokens=32,
-    metrics=("anls",),
-    primary_metric="anls",
-    process_results=R.anls_process_results,
-    sample_score=R.metric_value("anls"),
-    reference="lmms_eval/tasks/docvqa/docvqa_val.yaml, _default_template_docvqa_yaml, api/metrics.py::anls",
-)
+def _anls_spec(name: str, config: str, reference: str) -> LmmsTaskSpec:
+    """DocVQA and InfographicVQA: two configs of one repo, the same prompt and ANLS scorer."""
+    return LmmsTaskSpec(
+        name=name,
+        dataset_id="lmms-lab-encoder/DocVQA",
+        aliases=("lmms-lab/DocVQA",),
+        config=config,
+        split="validation",
+        answer_column="answers",
+        columns=(_IMAGE, _col("question"), _col("answers", "list[str]"), _col("questionId", "str|int")),
+        post_prompt=prompts.SHORT_ANSWER,
+        doc_to_text=prompts.plain_prompt("", prompts.SHORT_ANSWER),
+        doc_to_target=_get("answers"),
+        max_new_tokens=32,
+        metrics=("anls",),
+        primary_metric="anls",
+        process_results=R.anls_process_results,
+        sample_score=R.metric_value("anls"),
+        reference=reference,
+    )
 
-INFOVQA_VAL = LmmsTaskSpec(
-    name="infovqa_val",
-    dataset_id="lmms-lab-encoder/DocVQA",
-    aliases=("lmms-lab/DocVQA",),
-    config="InfographicVQA",
-    split="validation",
-    answer_column="answers",
-    columns=(_IMAGE, _col("question"), _col("answers", "list[str]"), _col("questionId", "str|int")),
-    post_prompt=prompts.SHORT_ANSWER,
-    doc_to_text=prompts.plain_prompt("", prompts.SHORT_ANSWER),
-    doc_to_target=_get("answers"),
-    max_new_tokens=32,
-    metrics=("anls",),
-    primary_metric="anls",
-    process_results=R.anls_process_results,
-    sample_score=R.metric_value("anls"),
-    reference="lmms_eval/tasks/infovqa/infovqa_val.yaml, _default_template_infovqa_yaml, api/metrics.py::anls",
-)
+
+DOCVQA_VAL = _anls_spec("docvqa_val", "DocVQA", "lmms_eval/tasks/docvqa/docvqa_val.yaml, _default_template_docvqa_yaml, api/metrics.py::anls")
+INFOVQA_VAL = _anls_spec("infovqa_val", "InfographicVQA", "lmms_eval/tasks/infovqa/infovqa_val.yaml, _default_template_infovqa_yaml, api/metrics.py::anls")
 
 CHARTQA = LmmsTaskSpec(
     name="chartqa",

@@ -15,6 +15,8 @@ from .mmbench import _is_missing
 from .mmmu import parse_options_field
 
 SHORT_ANSWER = "\nAnswer the question using a single word or phrase."
+# vizwiz_vqa's default post-prompt (lmms_eval/tasks/vizwiz_vqa/_default_template_vqa_yaml)
+VIZWIZ_POST = "\nWhen the provided information is insufficient, respond with 'Unanswerable'.\nAnswer the question using a single word or phrase."
 LETTER_ANSWER = "\nAnswer with the option's letter from the given choices directly."
 
 

@@ -186,8 +186,13 @@ OPTIONS = {
     "--max-new-tokens": st.one_of(st.integers(-5, 2**40).map(str), st.text(max_size=6)),
     "--data-dir": st.one_of(st.sampled_from([".", "/no/such", ""]), st.text(max_size=10)),
     "--toxicity-model": st.one_of(st.sampled_from([".", "/no/such"]), st.text(max_size=10)),
+    "--executor": st.one_of(st.sampled_from(["local", "ray", "spark", ""]), st.text(max_size=8)),
+    "--ray-address": st.one_of(st.sampled_from(["auto", "ray://h:10001", ""]), st.text(max_size=8)),
+    "--ray-workers": st.one_of(st.integers(-2, 2**20).map(str), st.text(max_size=6)),
+    "--cpus-per-cell": st.one_of(st.sampled_from(["1", "0", "-1", "nan", "inf", "0.5", "1e9"]), st.text(max_size=6)),
+    "--gpus-per-cell": st.one_of(st.sampled_from(["1", "0", "-1", "nan", "inf", "0.5"]), st.text(max_size=6)),
 }
-FLAGS = ["--trust-remote-code", "--wait", "--retry-failed", "--nosuch-flag"]
+FLAGS = ["--trust-remote-code", "--wait", "--retry-failed", "--quiet", "--nosuch-flag"]
 
 
 @st.composite
@@ -206,7 +211,7 @@ def cli_args(draw):
     return args, given
 
 
-def _fake_run(config, *, echo=None, wait=False, retry_failed=False):
+def _fake_run(config, *, echo=None, wait=False, retry_failed=False, progress=None):
     """Everything ``run`` checks before any work, and nothing else."""
     from vlmcompress.runner.runner import resolve_device
 

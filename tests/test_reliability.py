@@ -177,7 +177,7 @@ def test_a_partial_cell_is_retried_sample_by_sample_and_its_dependents_relinked(
         calls.append([s.id for s in samples_])
         return real_eval(ctx, methods, task, samples_, *a, **k)
 
-    monkeypatch.setattr("vlmcompress.runner.runner.evaluate_cell", counting)
+    monkeypatch.setattr("vlmcompress.runner.worker.evaluate_cell", counting)
     second = run(RunConfig(output=str(tmp_path / "o"), **cfg))
     assert calls == [[victim.id]]  # only the failed sample, and no other cell
     cells2, rows2 = _cells(tmp_path / "o")
@@ -221,7 +221,7 @@ def test_a_cell_that_raises_is_recorded_and_the_others_finish(tiny_llava_dir, tm
     monkeypatch.setattr(_PrepareRaises, "broken", False)
     calls = []
     real_eval = eval_loop.evaluate_cell
-    monkeypatch.setattr("vlmcompress.runner.runner.evaluate_cell", lambda ctx, methods, *a, **k: calls.append([m.name for m in methods]) or real_eval(ctx, methods, *a, **k))
+    monkeypatch.setattr("vlmcompress.runner.worker.evaluate_cell", lambda ctx, methods, *a, **k: calls.append([m.name for m in methods]) or real_eval(ctx, methods, *a, **k))
     assert run(RunConfig(**cfg))["failed_cells"]  # not without being asked
     assert calls == []
     res = run(RunConfig(**cfg), retry_failed=True)
@@ -447,7 +447,7 @@ def finished_run(tiny_llava_dir, tmp_path):
 
 
 def test_a_damaged_store_is_one_line_for_run_and_report(tiny_llava_dir, tmp_path, finished_run, monkeypatch):
-    monkeypatch.setattr("vlmcompress.runner.runner.load_model", lambda *a, **k: pytest.fail("a model was loaded"))
+    monkeypatch.setattr("vlmcompress.runner.worker.load_model", lambda *a, **k: pytest.fail("a model was loaded"))
     db = finished_run / "results.sqlite"
     for damage in (b"this is not a database at all" * 10, db.read_bytes()[:3000]):
         db.write_bytes(damage)
@@ -458,7 +458,7 @@ def test_a_damaged_store_is_one_line_for_run_and_report(tiny_llava_dir, tmp_path
 
 
 def test_a_foreign_store_is_refused_before_any_cell(tiny_llava_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr("vlmcompress.runner.runner.load_model", lambda *a, **k: pytest.fail("a model was loaded"))
+    monkeypatch.setattr("vlmcompress.runner.worker.load_model", lambda *a, **k: pytest.fail("a model was loaded"))
     for i, ddl in enumerate(["CREATE TABLE cells (foo INTEGER)", "CREATE TABLE users (name TEXT)", "PRAGMA application_id = 1234"]):
         out = tmp_path / f"o{i}"
         out.mkdir()
@@ -519,7 +519,7 @@ def test_an_older_store_opens_and_its_errored_cells_become_partial(tmp_path):
 def test_the_same_task_twice_is_computed_once(tiny_llava_dir, tmp_path, monkeypatch):
     calls = []
     real_eval = eval_loop.evaluate_cell
-    monkeypatch.setattr("vlmcompress.runner.runner.evaluate_cell", lambda ctx, m, task, *a, **k: calls.append(task.name) or real_eval(ctx, m, task, *a, **k))
+    monkeypatch.setattr("vlmcompress.runner.worker.evaluate_cell", lambda ctx, m, task, *a, **k: calls.append(task.name) or real_eval(ctx, m, task, *a, **k))
     res = run(RunConfig(model=str(tiny_llava_dir), tasks=["synth_count", "synth_count"], limit=2, batch_size=2, output=str(tmp_path), settings=["none"]))
     assert calls == ["synth_count"] and len(res["cells"]) == 1
     assert len((tmp_path / "samples.jsonl").read_text().splitlines()) == 2

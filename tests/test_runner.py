@@ -124,7 +124,7 @@ def test_rerun_skips_finished_cells_and_baseline_is_computed_once(tiny_llava_dir
         calls.append((tuple(m.name for m in methods), task.name))
         return real(ctx, methods, task, *a, **k)
 
-    monkeypatch.setattr("vlmcompress.runner.runner.evaluate_cell", counting)
+    monkeypatch.setattr("vlmcompress.runner.worker.evaluate_cell", counting)
     run(_config(tiny_llava_dir, tmp_path, settings=["test_blank_image(value=0.5)"]))
     assert len(calls) == 4
     # a second setting in the same directory reuses the stored baseline
@@ -143,11 +143,11 @@ def test_killed_run_resumes_where_it_stopped(tiny_llava_dir, tmp_path, monkeypat
             raise KeyboardInterrupt  # as if killed during the third cell
         return real(*a, **k)
 
-    monkeypatch.setattr("vlmcompress.runner.runner.evaluate_cell", dying)
+    monkeypatch.setattr("vlmcompress.runner.worker.evaluate_cell", dying)
     with pytest.raises(KeyboardInterrupt):
         run(_config(tiny_llava_dir, tmp_path, settings=["test_blank_image(value=0.5)"]))
     assert len(json.loads((tmp_path / "results.json").read_text())["cells"]) == 2
-    monkeypatch.setattr("vlmcompress.runner.runner.evaluate_cell", real)
+    monkeypatch.setattr("vlmcompress.runner.worker.evaluate_cell", real)
     res = run(_config(tiny_llava_dir, tmp_path, settings=["test_blank_image(value=0.5)"]))
     assert len(res["cells"]) == 4
     fresh = run(_config(tiny_llava_dir, tmp_path / "fresh", settings=["test_blank_image(value=0.5)"]))

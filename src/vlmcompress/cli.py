@@ -113,15 +113,24 @@ def cli(verbose: bool) -> None:
 @click.option("--toxicity-model", help="Local folder of an HF text classifier that scores toxicity (social_counterfactuals).")
 @click.option("--wait", is_flag=True, help="When another vlmcompress process holds --output, wait for it instead of refusing.")
 @click.option("--retry-failed", is_flag=True, help="Compute again the cells an earlier run recorded as failed (skipped otherwise).")
-def run(config, model, tasks, compress, limit, batch_size, seed, output, device, dtype, device_map, attn_implementation, timing, max_new_tokens, trust_remote_code, data_dir, toxicity_model, wait, retry_failed) -> None:
+@click.option("--executor", help="local (default): cells one after another in this process; ray: on a Ray cluster (pip install 'vlmcompress[ray]').")
+@click.option("--ray-address", help="With --executor ray: the cluster to join (auto, ray://host:10001); default: start a local one.")
+@click.option("--ray-workers", type=int, help="With --executor ray: how many workers (each holds one model); default: as many as the cluster fits.")
+@click.option("--cpus-per-cell", type=float, help="With --executor ray: CPUs each worker asks for (default 1).")
+@click.option("--gpus-per-cell", type=float, help="With --executor ray: GPUs each worker asks for (default: 1 when the cluster has GPUs, else 0).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars or per-cell lines; errors and the report path only.")
+def run(config, model, tasks, compress, limit, batch_size, seed, output, device, dtype, device_map, attn_implementation, timing, max_new_tokens, trust_remote_code, data_dir, toxicity_model, wait, retry_failed,
+        executor, ray_address, ray_workers, cpus_per_cell, gpus_per_cell, quiet) -> None:
     """Run a sweep (no arguments: the embedded model on the held-out synthetic suite)."""
     from .runner import RunConfig
     from .runner import run as run_sweep
+    from .runner.progress import make_progress
 
     overrides = {
         "model": model, "tasks": tasks, "limit": limit, "batch_size": batch_size, "seed": seed, "output": output,
         "device": device, "dtype": dtype, "max_new_tokens": max_new_tokens, "trust_remote_code": trust_remote_code, "data_dir": data_dir,
         "toxicity_model": toxicity_model, "device_map": device_map, "attn_implementation": attn_implementation, "timing": timing,
+        "executor": executor, "ray_address": ray_address, "ray_workers": ray_workers, "cpus_per_cell": cpus_per_cell, "gpus_per_cell": gpus_per_cell,
     }
     if compress:
         overrides["compress"] = list(compress)
@@ -130,8 +139,9 @@ def run(config, model, tasks, compress, limit, batch_size, seed, output, device,
             cfg = RunConfig.from_yaml(config, **overrides)
         else:
             cfg = RunConfig.from_dict({"output": DEFAULT_OUTPUT, **{k: v for k, v in overrides.items() if v is not None}})
-        results = run_sweep(cfg, echo=click.echo, wait=wait, retry_failed=retry_failed)
-    _print_summary(results)
+        results = run_sweep(cfg, wait=wait, retry_failed=retry_failed, progress=make_progress(quiet, click.echo))
+    if not quiet:
+        _print_summary(results)
     click.echo(f"report: {Path(cfg.output) / 'report.md'}")
     failed = results.get("failed_cells") or []
     if failed:

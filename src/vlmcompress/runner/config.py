@@ -21,6 +21,7 @@ DTYPES = ("auto", "float32", "float16", "bfloat16")
 DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
 TIMING_MODES = ("batch", "request")
+EXECUTORS = ("local", "ray")
 
 # Size and depth limits of a config: a file larger than MAX_CONFIG_BYTES, a document that
 # expands (anchors and aliases included) to more than MAX_YAML_NODES values or nests deeper
@@ -81,6 +82,15 @@ class RunConfig:
     calibration_seed: int = 0  # differs from `seed`, so calibration never sees evaluated samples
     data_dir: str | None = None  # local dataset copies, DATA_DIR/<dataset id>/ as the hub repo (None: the hub and HF_HOME cache)
     toxicity_model: str | None = None  # local folder of an HF text classifier scoring toxicity (social_counterfactuals)
+    # Where cells run (none of this enters a cell's key: the same cell computes the same
+    # predictions wherever it runs).  local: one after another in this process; ray: on a
+    # Ray cluster (pip install 'vlmcompress[ray]'), one worker per model copy, the driver
+    # alone writing the store (runner/ray_executor.py).
+    executor: str = "local"
+    ray_address: str | None = None  # ray.init(address=...): "auto", "ray://host:10001"; None starts a local cluster
+    ray_workers: int | None = None  # workers (each holds one model); None: as many as the cluster's CPUs/GPUs allow
+    cpus_per_cell: float = 1.0  # the CPUs each worker asks Ray for (its torch threads)
+    gpus_per_cell: float | None = None  # the GPUs each worker asks Ray for; None: 1 when the cluster has GPUs and device is not cpu, else 0
 
     @property
     def models(self) -> list[str]:
@@ -144,6 +154,21 @@ class RunConfig:
                 )
             if self.device == "cpu":
                 raise ConfigError("attn_implementation=flash_attention_2 runs on CUDA GPUs only; device='cpu'")
+        if not isinstance(self.executor, str) or self.executor not in EXECUTORS:
+            raise ConfigError(f"executor={short(self.executor)} is not allowed; allowed: {', '.join(EXECUTORS)}")
+        if self.ray_address is not None and (not isinstance(self.ray_address, str) or not self.ray_address.strip()):
+            raise ConfigError(f"ray_address must be an address string (e.g. auto or ray://host:10001), got {short(self.ray_address)}")
+        if self.ray_workers is not None:
+            _positive("ray_workers", self.ray_workers)
+        for name, lowest in (("cpus_per_cell", "above 0"), ("gpus_per_cell", "from 0")):
+            value = getattr(self, name)
+            if value is None and name == "gpus_per_cell":
+                continue
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not number or not (0 < value if name == "cpus_per_cell" else 0 <= value) or value > 1024:
+                raise ConfigError(f"{name} must be a number {lowest} (at most 1024), got {short(value)}")
+        if self.executor != "ray" and (self.ray_address is not None or self.ray_workers is not None):
+            raise ConfigError("ray_address and ray_workers need executor=ray")
         for key in ("data_dir", "toxicity_model"):
             value = getattr(self, key)
             if isinstance(value, os.PathLike):

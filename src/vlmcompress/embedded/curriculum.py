@@ -22,11 +22,12 @@ the suite's vocabulary, so the tokenizer is unchanged.
 from __future__ import annotations
 
 from collections import Counter
+from functools import partial
 from typing import Callable
 
 import numpy as np
 
-from ..synthetic.questions import OPTION_LETTERS, QA, RELATIONS, absent_objects
+from ..synthetic.questions import OPTION_LETTERS, QA, RELATIONS, absent_objects, ask_multiple_choice
 from ..synthetic.scenes import COLORS, GRID, Scene
 
 
@@ -72,4 +73,14 @@ AUX_ASKERS: dict[str, Callable[[Scene, np.random.Generator], QA | None]] = {
     "locate": ask_locate,
     "compare": ask_compare,
     "pick_option": ask_pick_option,
+}
+
+
+# Used only by the continuation phases (``embedded.phases``): the evaluated multiple-choice
+# question with two or three options, the easy start of a curriculum for the letter
+# binding.  The base recipe's type list stays as it was, so its draws (and the shipped
+# weights) are reproduced.
+OPTION_CURRICULUM: dict[str, Callable[[Scene, np.random.Generator], QA | None]] = {
+    "choice_of_two": partial(ask_multiple_choice, n_options=2),
+    "choice_of_three": partial(ask_multiple_choice, n_options=3),
 }

@@ -35,13 +35,14 @@ import torch.nn.functional as F
 from transformers import LlavaForConditionalGeneration
 
 from ..synthetic.questions import ASKERS, CAPTION_PROMPT, caption
-from .curriculum import AUX_ASKERS
+from .curriculum import AUX_ASKERS, OPTION_CURRICULUM
 from ..synthetic.scenes import COLORS, GRID, SHAPES, random_scene, render
 from .build import IMAGE_MEAN, IMAGE_STD, NUM_IMAGE_TOKENS, build_config, build_processor
 
 TASK_TYPES = tuple(ASKERS)
 REFINE_TYPES = TASK_TYPES + tuple(AUX_ASKERS)  # the evaluated types, then the training-only ones
-ALL_ASKERS = {**ASKERS, **AUX_ASKERS}
+PHASE_TYPES = REFINE_TYPES + tuple(OPTION_CURRICULUM)  # what continuation phases may also draw
+ALL_ASKERS = {**ASKERS, **AUX_ASKERS, **OPTION_CURRICULUM}
 
 
 @dataclass
@@ -241,8 +242,23 @@ def language_batch(tokenizer, cfg: TrainConfig, step: int, split: str = "train",
         n_turns, p_caption = cfg.late_turns_per_image, cfg.late_caption_probability
     else:
         weights, n_turns, p_caption = None, cfg.turns_per_image, cfg.caption_probability
+    return mixed_batch(tokenizer, rng, cfg.language_batch, types, weights, n_turns, p_caption, split)
+
+
+def mixed_batch(
+    tokenizer,
+    rng: np.random.Generator,
+    batch_size: int,
+    types: tuple[str, ...],
+    weights: np.ndarray | None,
+    n_turns: int,
+    p_caption: float,
+    split: str = "train",
+) -> dict[str, torch.Tensor]:
+    """One batch of multi-turn sequences (one scene each), question types drawn by
+    ``weights`` over ``types`` (uniform when None), a caption last with ``p_caption``."""
     images, seqs = [], []
-    for _ in range(cfg.language_batch):
+    for _ in range(batch_size):
         scene = random_scene(rng, split)
         turns = draw_turns(scene, rng, n_turns, weights, types)
         if rng.random() < p_caption:
@@ -261,13 +277,14 @@ def language_batch(tokenizer, cfg: TrainConfig, step: int, split: str = "train",
 
 
 @torch.no_grad()
-def first_token_accuracy(model, tokenizer, cfg: TrainConfig, per_task: int = 64) -> dict[str, float]:
+def first_token_accuracy(model, tokenizer, cfg: TrainConfig | None = None, per_task: int = 64, seed: int | None = None) -> dict[str, float]:
     """Teacher-forced accuracy of the whole answer of a single-turn prompt, per task type,
     on held-out scenes (a fast proxy for greedy generation)."""
+    seed = cfg.seed if seed is None else seed
     model.eval()
     out = {}
     for t_index, task in enumerate(TASK_TYPES):
-        rng = np.random.default_rng([cfg.seed, 99, t_index])
+        rng = np.random.default_rng([seed, 99, t_index])
         images, seqs = [], []
         while len(seqs) < per_task:
             scene = random_scene(rng, "heldout")

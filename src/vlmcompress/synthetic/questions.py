@@ -144,8 +144,9 @@ def ask_exists(scene: Scene, rng: np.random.Generator, negative_kind: str | None
     return QA(f"is there a {c} {s} ?", "no", {"negative_kind": kind})
 
 
-def ask_multiple_choice(scene: Scene, rng: np.random.Generator) -> QA | None:
-    """Colour of a uniquely named object among four options; answer is the letter."""
+def ask_multiple_choice(scene: Scene, rng: np.random.Generator, n_options: int = 4) -> QA | None:
+    """Colour of a uniquely named object among four options; answer is the letter.
+    (``n_options`` < 4 only for the training curriculum; the suite always asks four.)"""
     unique = _unique_shapes(scene)
     if not unique:
         return None
@@ -153,8 +154,8 @@ def ask_multiple_choice(scene: Scene, rng: np.random.Generator) -> QA | None:
     shape_count = Counter(s.shape for s in scene.shapes)
     subject = obj.shape if shape_count[obj.shape] == 1 else f"object in {_where(obj)}"
     others = [c for c in COLORS if c != obj.color]
-    options = [obj.color] + [others[i] for i in rng.choice(len(others), size=3, replace=False)]
-    order = rng.permutation(4)
+    options = [obj.color] + [others[i] for i in rng.choice(len(others), size=n_options - 1, replace=False)]
+    order = rng.permutation(n_options)
     options = [options[i] for i in order]
     letter = OPTION_LETTERS[options.index(obj.color)]
     listed = " ".join(f"{OPTION_LETTERS[i]} ) {opt}" for i, opt in enumerate(options))

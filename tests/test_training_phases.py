@@ -1,0 +1,152 @@
+"""Continuation phases of the embedded model's recipe: start from exported weights, keep the
+base recipe's draws unchanged, follow their documented schedule, resume exactly."""
+
+import dataclasses
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from vlmcompress.embedded import phases, training
+from vlmcompress.embedded.build import build_config, build_processor
+from vlmcompress.embedded.curriculum import OPTION_CURRICULUM
+from vlmcompress.embedded.phases import PHASES, Phase, phase_named
+from vlmcompress.embedded.training import PHASE_TYPES, REFINE_TYPES, TrainConfig, language_batch
+from vlmcompress.synthetic.questions import OPTION_LETTERS, ask_multiple_choice
+from vlmcompress.synthetic.scenes import random_scene
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_fewer_options_keep_the_wording_and_answer_with_the_letter_of_the_colour():
+    rng = np.random.default_rng(3)
+    seen = {2: set(), 3: set()}
+    for _ in range(300):
+        scene = random_scene(rng, "train")
+        for name, k in (("choice_of_two", 2), ("choice_of_three", 3)):
+            qa = OPTION_CURRICULUM[name](scene, rng)
+            if qa is None:
+                continue
+            options = qa.meta["options"]
+            assert len(options) == len(set(options)) == k
+            listed = " ".join(f"{OPTION_LETTERS[i]} ) {o}" for i, o in enumerate(options))
+            assert qa.question.startswith("what color is the ") and qa.question.endswith(f" ? {listed}")
+            subject = qa.question[len("what color is the ") : -len(f" ? {listed}")]
+            (obj,) = [s for s in scene.shapes if s.shape == subject or f"object in row {s.row + 1} column {s.col + 1}" == subject]
+            assert qa.answer == OPTION_LETTERS[options.index(obj.color)]
+            seen[k].add(qa.answer)
+    assert seen == {2: set("ab"), 3: set("abc")}
+
+
+def test_the_suite_still_asks_four_options_with_the_same_draws():
+    """The n_options knob must not change what the four-option question draws: the held-out
+    suite and the base recipe's batches stay as they were (values from the code before)."""
+    rng = np.random.default_rng(11)
+    scene = random_scene(rng, "heldout")
+    before = rng.bit_generator.state
+    qa = ask_multiple_choice(scene, rng)
+    rng2 = np.random.default_rng(0)
+    rng2.bit_generator.state = before
+    # the four-option draw, spelled out as the code before the knob did it
+    from collections import Counter
+
+    from vlmcompress.synthetic.scenes import COLORS
+
+    names = Counter(s.name for s in scene.shapes)
+    unique = [s for s in scene.shapes if names[s.name] == 1]
+    obj = unique[int(rng2.integers(len(unique)))]
+    others = [c for c in COLORS if c != obj.color]
+    options = [obj.color] + [others[i] for i in rng2.choice(len(others), size=3, replace=False)]
+    options = [options[i] for i in rng2.permutation(4)]
+    assert qa.meta["options"] == options and len(options) == 4
+    assert rng.bit_generator.state == rng2.bit_generator.state
+
+
+def test_base_recipe_batches_do_not_see_the_phase_only_types():
+    tok = build_processor().tokenizer
+    cfg = TrainConfig(language_batch=4)
+    assert PHASE_TYPES[: len(REFINE_TYPES)] == REFINE_TYPES and set(PHASE_TYPES) - set(REFINE_TYPES) == set(OPTION_CURRICULUM)
+    a = language_batch(tok, cfg, cfg.language_steps + 5)
+    b = language_batch(tok, cfg, cfg.language_steps + 5)
+    assert torch.equal(a["input_ids"], b["input_ids"])
+
+
+def test_phase_schedule_and_learning_rate_shape():
+    phase = Phase(name="t", steps=1000, warmup_steps=100, lr=1e-3, mix=((0.0, "choice_of_two=1"), (0.5, "multiple_choice=1,attribute=0,count=0,spatial=0,ocr=0,exists=0")))
+    first, second = phase.weights_at(0), phase.weights_at(500)
+    assert first[PHASE_TYPES.index("choice_of_two")] == pytest.approx(1 / (1 + 6))  # 6 evaluated types weigh 1 unless named
+    assert second[PHASE_TYPES.index("multiple_choice")] == 1.0 and second[PHASE_TYPES.index("choice_of_two")] == 0
+    assert phase.weights_at(499)[PHASE_TYPES.index("choice_of_two")] > 0
+    assert phase.lr_at(0) == pytest.approx(1e-3 * (0.1 + 0.9 / 100))
+    assert phase.lr_at(99) == pytest.approx(1e-3) and phase.lr_at(499) == 1e-3
+    assert phase.lr_at(999) == pytest.approx(1e-4, rel=1e-3)
+    for p in PHASES:  # the shipped phases' mixes parse
+        for step in (0, p.steps // 2, p.steps - 1):
+            assert p.weights_at(step).sum() == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="unknown phase 'nosuch'; phases: letters"):
+        phase_named("nosuch")
+
+
+def _tiny_init(path: Path) -> None:
+    proc = build_processor()
+    torch.manual_seed(0)
+    from transformers import LlavaForConditionalGeneration
+
+    model = LlavaForConditionalGeneration(build_config(proc.tokenizer, 32, 1))
+    training.export(model, proc, path, {"config": {"decoder_hidden": 32}})
+
+
+def test_a_phase_starts_from_exported_weights_and_resumes_to_the_same_end(tmp_path, monkeypatch):
+    _tiny_init(tmp_path / "init")
+    tiny = Phase(name="letters", steps=4, warmup_steps=1, batch=2, turns_per_image=2, mix=PHASES[0].mix)
+    monkeypatch.setattr(phases, "PHASES", (tiny,))
+    monkeypatch.setattr(phases, "PHASE_NAMES", ("letters",))
+    monkeypatch.setattr(phases, "first_token_accuracy", lambda *a, **k: {})
+    kw = dict(threads=1, eval_every=1000, checkpoint_every=2)
+    phases.train_phase(tiny, tmp_path / "init", tmp_path / "whole", tmp_path / "whole_out", **kw)
+
+    real = phases.mixed_batch
+    calls = []
+
+    def crash_at_third(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(phases, "mixed_batch", crash_at_third)
+    with pytest.raises(KeyboardInterrupt):
+        phases.train_phase(tiny, tmp_path / "init", tmp_path / "resumed", tmp_path / "resumed_out", **kw)
+    monkeypatch.setattr(phases, "mixed_batch", real)
+    phases.train_phase(tiny, tmp_path / "init", tmp_path / "resumed", tmp_path / "resumed_out", **kw)
+
+    init, whole, resumed = (load_file(tmp_path / d / "model.safetensors") for d in ("init", "whole_out", "resumed_out"))
+    assert whole.keys() == resumed.keys() == init.keys()
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+    changed = [k for k in whole if not torch.equal(whole[k], init[k])]
+    assert changed and not any("vision_tower" in k for k in changed)  # the tower stays frozen
+    import json
+
+    recipe = json.loads((tmp_path / "whole_out" / "recipe.json").read_text())
+    assert [p["name"] for p in recipe["phases"]] == ["letters"] and recipe["phases"][0]["steps"] == 4
+
+
+def test_a_checkpoint_of_another_phase_is_refused(tmp_path, monkeypatch):
+    _tiny_init(tmp_path / "init")
+    (tmp_path / "w").mkdir()
+    torch.save({"phase": "other", "model": {}, "optimizer": {}, "step": 1, "elapsed_s": 0.0}, tmp_path / "w" / "checkpoint.pt")
+    monkeypatch.setattr(phases, "first_token_accuracy", lambda *a, **k: {})
+    with pytest.raises(ValueError, match="belongs to phase 'other'"):
+        phases.train_phase(dataclasses.replace(PHASES[0], steps=1), tmp_path / "init", tmp_path / "w", tmp_path / "o", threads=1)
+
+
+def test_the_script_refuses_bad_phase_lists_before_any_work(tmp_path):
+    script = ROOT / "scripts" / "train_embedded_model.py"
+    for args, words in ((["--phases", "letters"], "--init-from DIR is needed"), (["--phases", "base,nosuch"], "unknown phase 'nosuch'"), (["--phases", "letters,base", "--init-from", "x"], "base can only come first")):
+        out = subprocess.run([sys.executable, str(script), "--work-dir", str(tmp_path), *args], capture_output=True, text=True)
+        assert out.returncode != 0 and words in out.stderr, out.stderr
+    assert not any(tmp_path.iterdir())

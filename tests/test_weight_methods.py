@@ -315,8 +315,15 @@ def test_packed_storage_matches_simulated_and_shrinks_memory(spec):
     packed, _, ctx_p = _apply(tiny_llava, LlavaAdapter, spec[:-1] + ",storage=packed)")
     batch = _batches(adapter, 2, seed=3)[0]
     with torch.no_grad():
-        torch.testing.assert_close(packed(**batch).logits, sim(**batch).logits, rtol=1e-5, atol=1e-5)
-    assert any(isinstance(m, PackedLinear) for m in packed.modules())
+        a, b = packed(**batch).logits, sim(**batch).logits
+    if spec.startswith("awq"):  # on the int4 kernel, with bf16 activations (test_weight_kernels.py)
+        assert (a - b).abs().max() < 0.05 * b.abs().max()
+    else:
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    from vlmcompress.methods.weights.kernels import Int4KernelLinear
+
+    # 4-bit groups of 32 run on the int4 kernel, the other formats dequantize
+    assert any(isinstance(m, Int4KernelLinear if spec.startswith("awq") else PackedLinear) for m in packed.modules())
     assert ctx_p.info["weight_storage"] == "packed"
     assert ctx_sim.info["weight_storage"] == "simulated"
     # bytes counted from the packed model's tensors = bytes counted in simulated mode < original

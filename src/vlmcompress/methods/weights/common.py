@@ -21,7 +21,8 @@ from ...quant import block_size_for
 from ..base import CompressionContext, CompressionMethod
 from .calibration import BlockRun, InputStats, SequentialPass, StatKinds, calibration_batches
 from .memory import MemoryReport, quant_bits_analytic
-from .packed import PackedLinear, QuantizedWeight
+from .kernels import packed_module
+from .packed import QuantizedWeight
 from .targets import block_index_of, parse_targets, select_linears, set_module
 
 QUANT_BITS = (2, 3, 4, 8, 16)  # 16 = leave the weights as they are (the no-op check)
@@ -165,7 +166,7 @@ def install_quantized(model: nn.Module, name: str, lin: nn.Linear, qw: Quantized
     analytic = quant_bits_analytic(qw.shape[0], qw.shape[1], qw.bits, qw.block_size, qw.zero_point, nnz)
     report.add_quantized(lin.weight, qw.nbytes(), analytic)
     if storage == "packed":
-        packed = PackedLinear(qw, lin.bias)
+        packed = packed_module(qw, lin.bias, lin.weight.device)
         packed.to(lin.weight.device)
         set_module(model, name, packed)
     else:

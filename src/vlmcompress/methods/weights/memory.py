@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ...footprint import dtype_bytes, held_weight_bytes, model_weight_bytes, reference_dtype
+from ...footprint import dtype_bytes, held_weight_bytes, reference_dtype
 
 
 def quant_bits_analytic(out_f: int, in_f: int, bits: int, block_size: tuple[int, int], zero_point: str, nnz: int = 0) -> int:
@@ -112,10 +112,9 @@ class MemoryReport:
         ref = reference_dtype(model)
         size = dtype_bytes(ref)
         rest = original_total - self.dense_before(size)
-        if storage == "packed":
-            weight_bytes = model_weight_bytes(model)  # counted from the tensors the model now holds
-        else:
-            weight_bytes = rest + self.counted(size)
+        # the stored format's bytes (packed codes, fp16 scales, zeros); what the process holds
+        # (a kernel's own layout included) is weight_bytes_in_memory
+        weight_bytes = rest + self.counted(size)
         analytic_bits = self.analytic_bits(size)
         out = {
             "weight_storage": storage,
@@ -128,6 +127,10 @@ class MemoryReport:
         if self.numel and self.layers:
             out["compressed_params"] = self.numel
             out["bits_per_weight"] = analytic_bits / self.numel
+        if storage == "packed":
+            from .kernels import weight_kernels
+
+            out["weight_kernel"] = ", ".join(f"{name} ({n} layers)" for name, n in sorted(weight_kernels(model).items()))
         if storage == "dense":
             out["weight_sparsity"] = self.zeros / max(self.numel, 1)
         out.update(self.notes)

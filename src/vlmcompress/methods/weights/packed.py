@@ -51,8 +51,12 @@ class QuantizedWeight:
             return unpack(self.zero, self.bits, self.scale.shape[-1]).to(torch.float32)
         return self.zero
 
+    def codes(self) -> torch.Tensor:
+        """The unpacked b-bit codes, uint8 ``[out, in]``."""
+        return unpack(self.qweight, self.bits, self.shape[-1])
+
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        codes = unpack(self.qweight, self.bits, self.shape[-1])
+        codes = self.codes()
         w = dequantize(codes, self.scale, self.zero_values(), self.bits, self.block_size, self.zero_point, dtype=torch.float32)
         if self.outliers is not None:
             dense = self.outliers.to_dense().float()

@@ -18,7 +18,6 @@ a second time.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
 
 from rich.console import Console
 from rich.progress import (
@@ -36,8 +35,9 @@ from rich.text import Text
 __all__ = ["LineProgress", "QuietProgress", "RichProgress", "SweepProgress", "make_progress"]
 
 
-class SweepProgress(Protocol):
-    """What the runner reports while a sweep runs (all calls from one driver thread)."""
+class SweepProgress:
+    """What the runner reports while a sweep runs (all calls from one driver thread).
+    Every method does nothing here: a display overrides what it shows."""
 
     def start(self, total_cells: int, already_done: int = 0) -> None:
         """The sweep has ``total_cells`` cells, ``already_done`` of them finished in an earlier run."""
@@ -61,32 +61,11 @@ class SweepProgress(Protocol):
         """Stop the display; safe to call twice and after an exception."""
 
 
-class QuietProgress:
+class QuietProgress(SweepProgress):
     """Shows nothing: for ``--quiet`` and for callers that only want the results."""
 
-    def start(self, total_cells: int, already_done: int = 0) -> None:
-        """Ignored."""
 
-    def cell_started(self, cell_id: str, label: str, n_samples: int) -> None:
-        """Ignored."""
-
-    def samples_done(self, cell_id: str, n: int) -> None:
-        """Ignored."""
-
-    def cell_finished(self, cell_id: str, line: str) -> None:
-        """Ignored."""
-
-    def cell_requeued(self, cell_id: str, reason: str) -> None:
-        """Ignored."""
-
-    def message(self, line: str) -> None:
-        """Ignored."""
-
-    def close(self) -> None:
-        """Nothing to stop."""
-
-
-class LineProgress:
+class LineProgress(SweepProgress):
     """No bars, one line per event: what a log file or a piped stdout should get.
 
     Sample counts are dropped: a line per batch would drown the results.
@@ -190,7 +169,7 @@ class _EtaColumn(ProgressColumn):
         return Text(f"ETA {text}", style="progress.remaining")
 
 
-class RichProgress:
+class RichProgress(SweepProgress):
     """A live ``rich`` display: an overall "cells" bar and one bar per cell in flight.
 
     Lines go through the progress console, which prints them above the bars.

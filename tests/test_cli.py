@@ -44,3 +44,26 @@ def test_list_commands():
     assert "synth_ocr" in _run(["list", "tasks"]).output
     assert "qwen2_vl" in _run(["list", "models"]).output
     assert "none" in _run(["list", "methods"]).output
+
+
+def test_summary_off_a_terminal_keeps_whole_setting_names_and_the_mean(capsys):
+    from vlmcompress.cli import _print_summary
+
+    long_setting = "awq(bits=4,group_size=64)+visionzip(ratio=0.4)+kivi(bits=2,group=32,residual=32)"
+
+    def cell(setting, task, acc):
+        return {"model": "m", "setting": setting, "task": task, "primary_metric": "accuracy", "scores": {"accuracy": acc}}
+
+    results = {"cells": [cell("none", "synth_count", 1.0), cell("none", "synth_ocr", 0.5), cell(long_setting, "synth_count", 0.25)]}
+    _print_summary(results)
+    out = capsys.readouterr().out
+    assert "…" not in out
+    # the setting column folds long names onto several lines; joined back they are whole
+    folded = "".join(line.split("│")[1].strip() for line in out.splitlines() if line.startswith("│"))
+    assert long_setting in folded
+    header = next(line for line in out.splitlines() if "setting" in line)
+    assert "count" in header and "ocr" in header and "synth_" not in header  # shared prefix dropped
+    none_row = next(line for line in out.splitlines() if line.startswith("│ none "))
+    assert none_row.split("│")[-2].strip() == "0.750"  # mean of 1.0 and 0.5
+    long_row = next(line for line in out.splitlines() if line.startswith("│ awq("))
+    assert long_row.split("│")[-2].strip() == "0.250" and "–" in long_row  # ocr missing: dash, mean of what exists

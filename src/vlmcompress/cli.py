@@ -155,26 +155,51 @@ def run(config, model, tasks, compress, limit, batch_size, seed, output, device,
 
 
 def _print_summary(results: dict) -> None:
+    """One table per model: settings as rows (names wrap, never cut), tasks as columns, and their mean.
+
+    Off a terminal rich would assume 80 columns and cut every name to an ellipsis; a log file is read
+    in an editor, so it gets at least 120.
+    """
     from rich.console import Console
     from rich.table import Table
 
     cells = results["cells"]
     settings = list(dict.fromkeys(c["setting"] for c in cells))
     tasks = list(dict.fromkeys(c["task"] for c in cells))
+    prefix = _common_prefix(tasks)
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=max(console.width, 120))
     for model in dict.fromkeys(c["model"] for c in cells):
         table = Table(title=f"primary metric per task — {model}")
-        table.add_column("task")
-        for s in settings:
-            table.add_column(s, justify="right")
-        grid = {(c["setting"], c["task"]): c for c in cells if c["model"] == model}
+        table.add_column("setting", overflow="fold", min_width=16)
         for t in tasks:
-            vals = []
-            for s in settings:
-                c = grid.get((s, t))
-                acc = c["scores"].get(c.get("primary_metric") or "accuracy") if c else None
-                vals.append("–" if acc is None else f"{acc:.3f}")
-            table.add_row(t, *vals)
-        Console().print(table)
+            table.add_column(t[len(prefix):] or t, justify="right", no_wrap=True)
+        table.add_column("mean", justify="right", no_wrap=True)
+        grid = {(c["setting"], c["task"]): c for c in cells if c["model"] == model}
+        for s in settings:
+            vals = [_primary_score(grid.get((s, t))) for t in tasks]
+            known = [v for v in vals if v is not None]
+            row = ["–" if v is None else f"{v:.3f}" for v in vals]
+            row.append(f"{sum(known) / len(known):.3f}" if known else "–")
+            table.add_row(s, *row)
+        console.print(table)
+
+
+def _primary_score(cell: dict | None) -> float | None:
+    if not cell:
+        return None
+    return cell["scores"].get(cell.get("primary_metric") or "accuracy")
+
+
+def _common_prefix(names: list[str]) -> str:
+    """The prefix every task name shares, cut at its last underscore (synth_count, synth_ocr -> synth_)."""
+    if len(names) < 2:
+        return ""
+    import os.path
+
+    prefix = os.path.commonprefix(names)
+    return prefix[: prefix.rfind("_") + 1]
 
 
 @cli.command()

@@ -394,3 +394,62 @@ def test_same_answer_alone_and_in_a_padded_batch(tiny, family, spec):
         alone, alone_stats, _ = _generate(tiny[family], spec, [i])
         assert got[i] == alone[0]
         assert stats[i] == alone_stats[0]
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+@pytest.mark.parametrize("kind,group", [("channel", 4), ("token", 8), ("tensor", 0)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_dequantize_into_a_slice_is_the_reference_bit_for_bit(bits, kind, group, dtype):
+    """The cache's fast read-back writes into a strided slice of attention's buffer; it must
+    give exactly what the reference (unpack, then the shared primitive) gives, and touch
+    nothing outside the slice."""
+    g = torch.Generator().manual_seed(bits * 7 + len(kind))
+    lay = L.KVLayout(kind, bits, group)
+    x = torch.randn(1, 3, 16, 16, generator=g) * 3 + 0.5
+    q = L.quantize_kv(x, lay)
+    buffer = torch.full((2, 3, 21, 16), 7.0, dtype=dtype)
+    target = buffer[1:2, :, 2:18]  # non-contiguous: a row and a token range of the buffer
+    L.dequantize_kv_into(q, lay, target)
+    assert torch.equal(target, L.dequantize_kv(q, lay, dtype))
+    untouched = torch.ones_like(buffer, dtype=torch.bool)
+    untouched[1, :, 2:18] = False
+    assert bool((buffer[untouched] == 7.0).all())
+    if bits == 2:  # a read-back of 2-bit codes, not a copy of x
+        assert (target.float() - x).abs().max() > 0.05
+
+
+@pytest.mark.parametrize("spec", SPECS)
+@pytest.mark.parametrize("pads", [[0, 3, 0, 3], [3, 3, 0, 0], [0, 0, 0, 0]])
+def test_rows_read_and_quantized_as_a_group_are_what_each_row_gets_alone(spec, pads, monkeypatch):
+    """Rows in the same state are read back and quantized in one call per group (consecutive
+    rows straight into attention's buffer, others through a gathered copy); every row's stored
+    codes, parameters, residual, bytes and the keys/values attention reads must be those of
+    the same row run alone."""
+    seen_batches: list[int] = []
+    real = L.quantize_kv
+    monkeypatch.setattr(L, "quantize_kv", lambda x, lay: (seen_batches.append(x.shape[0]), real(x, lay))[1])
+    m = build_setting(spec).methods[0]
+    g = torch.Generator().manual_seed(11)
+    B, H, D, T, steps = 4, 2, 8, 13, 9
+    ks = torch.randn(B, H, T + steps, D, generator=g)
+    vs = torch.randn(B, H, T + steps, D, generator=g)
+    batch = QuantizedKVLayer(*m.stream_specs(), pad_lengths=pads)
+    alone = [QuantizedKVLayer(*m.stream_specs()) for _ in range(B)]
+    out_b = [batch.update(ks[:, :, :T], vs[:, :, :T])]
+    out_a = [[a.update(ks[r : r + 1, :, pads[r] : T], vs[r : r + 1, :, pads[r] : T]) for r, a in enumerate(alone)]]
+    for i in range(T, T + steps):
+        out_b.append(batch.update(ks[:, :, i : i + 1], vs[:, :, i : i + 1]))
+        out_a.append([a.update(ks[r : r + 1, :, i : i + 1], vs[r : r + 1, :, i : i + 1]) for r, a in enumerate(alone)])
+    for (kb, vb), rows in zip(out_b, out_a):
+        for r, (ka, va) in enumerate(rows):
+            p = pads[r]
+            assert torch.equal(kb[r : r + 1, :, p:], ka) and torch.equal(vb[r : r + 1, :, p:], va)
+            assert not kb[r, :, :p].any() and not vb[r, :, :p].any()
+    for r, a in enumerate(alone):
+        for sa, sb in ((a.k_rows[0], batch.k_rows[r]), (a.v_rows[0], batch.v_rows[r])):
+            for x, y in zip(_stream_state(sa), _stream_state(sb)):
+                assert (x is None and y is None) or torch.equal(x, y)
+            assert sa.nbytes() == sb.nbytes()  # a row keeps no share of its group's storage
+        assert a.byte_log[0] == batch.byte_log[r]
+    grouped = "fixed_range" not in (m.stream_specs()[0].rule, m.stream_specs()[1].rule)
+    assert (max(seen_batches, default=1) > 1) == grouped  # the group path did run (and only where it applies)

@@ -44,6 +44,15 @@ def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
         return codes.to(torch.uint8).contiguous()
     n = codes.shape[-1]
     pad = (-n) % codes_per
+    if bytes_per == 1:  # 2 and 4 bits: a group is one byte, built with uint8 shifts (no int32 pass)
+        c = codes.to(torch.uint8)
+        if pad:
+            c = torch.nn.functional.pad(c, (0, pad))
+        c = c.reshape(*c.shape[:-1], -1, codes_per)
+        out = c[..., 0].clone()
+        for i in range(1, codes_per):
+            out |= c[..., i] << (i * bits)
+        return out
     c = codes.to(torch.int32)
     if pad:
         c = torch.nn.functional.pad(c, (0, pad))
@@ -62,6 +71,12 @@ def unpack(packed: torch.Tensor, bits: int, length: int) -> torch.Tensor:
         raise ValueError(f"{packed.shape[-1]} bytes cannot hold exactly {length} codes of {bits} bits")
     if bits == 8:
         return packed.to(torch.uint8)
+    if bytes_per == 1:  # 2 and 4 bits: each code position of a byte, shifted and masked in uint8
+        mask = (1 << bits) - 1
+        codes = torch.empty(*packed.shape, codes_per, dtype=torch.uint8, device=packed.device)
+        for i in range(codes_per):
+            torch.bitwise_and(packed >> (i * bits), mask, out=codes[..., i])
+        return codes.reshape(*packed.shape[:-1], -1)[..., :length]
     p = packed.to(torch.int32).reshape(*packed.shape[:-1], -1, bytes_per)
     byte_shifts = torch.arange(bytes_per, dtype=torch.int32, device=p.device) * 8
     word = (p << byte_shifts).sum(dim=-1, dtype=torch.int32)

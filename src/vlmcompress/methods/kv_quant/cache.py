@@ -19,6 +19,14 @@ write each row's kept entries right-aligned into a layer sized for the batch's l
 row; before a layer's first states arrive they tell it each row's count of leading spare
 slots (``set_leading_padding``), which then count as padding: never stored, never counted.
 
+Speed: stored per sample, but not processed per sample.  Rows in the same state (equal token
+counts: every row of a batch without padding, at every step) are read back with one
+dequantization and quantized with one call per group (:func:`read_streams_into`,
+:func:`append_streams`), written straight into the buffer attention reads
+(:func:`~.layouts.dequantize_kv_into`: three passes over the tokens, bit for bit the
+reference read-back).  ``fixed_range`` streams (kv_uniform / kv_outlier) keep a per-row
+path.  ``benchmarks/kv_quant.py`` times a decode step against transformers' ``QuantizedCache``.
+
 Residual bookkeeping (KIVI, Liu et al. 2024, "KIVI: A Tuning-Free Asymmetric 2bit
 Quantization for KV Cache"): a stream keeps its newest tokens in fp16 and quantizes the
 oldest ones exactly once, by one of three rules (see :class:`StreamSpec`):
@@ -140,50 +148,34 @@ class KVStream:
     # ---------------------------------------------------------------- read
     def read(self, dtype: torch.dtype) -> torch.Tensor:
         """``[1, H, n, D]``: dequantized tokens, then the fp16 residual, in ``dtype``."""
-        parts = []
-        if self.n_quantized:
-            parts.append(self._dequantized(dtype))
-        parts.append(self.residual.to(dtype))
-        return torch.cat(parts, dim=2) if len(parts) > 1 else parts[0]
+        out = torch.empty(1, self.heads, self.n_tokens, self.head_dim, dtype=dtype, device=self.residual.device)
+        return self.read_into(out)
 
-    def _dequantized(self, dtype: torch.dtype) -> torch.Tensor:
-        lay = self.spec.layout
-        scale, zero = self.scale, self.zero
-        q = L.QuantizedKV(self.packed, scale, zero, self.head_dim)
-        out = L.dequantize_kv(q, lay, dtype=dtype)
-        if self.outlier_idx.numel():
-            tok_major = out.permute(0, 2, 1, 3).contiguous()
-            tok_major.view(-1)[self.outlier_idx.long()] = self.outlier_val.to(dtype)
-            out = tok_major.permute(0, 2, 1, 3)
-        return out
+    def read_into(self, out: torch.Tensor) -> torch.Tensor:
+        """Write what :meth:`read` returns into ``out`` (``[1, H, n, D]``, a slice of the buffer
+        attention reads), so that a decode step makes one pass over the stored tokens, not a
+        dequantized copy, a concatenation and a copy."""
+        return read_streams_into([self], out)
 
     # ---------------------------------------------------------------- append
     def append(self, x: torch.Tensor) -> None:
         """Add ``[1, H, t, D]`` new states; quantize whatever the rule says is due."""
+        if self.spec.rule != "fixed_range":
+            append_streams([self], x)
+            return
         t = x.shape[2]
         if t == 0:
             return
         res = torch.cat([self.residual, x.to(self.store_dtype)], dim=2)
         self.n_tokens += t
-        if self.spec.rule == "fixed_range":
-            due = res.shape[2]
-        else:
-            due = res.shape[2] - self.spec.n_fp16(self.n_tokens)
-        if due > 0:
-            self._quantize(res[:, :, :due])
-        # clone: a slice would keep the whole concatenated storage alive
-        self.residual = res[:, :, due:].clone()
+        self._quantize(res)
+        self.residual = res[:, :, res.shape[2]:].clone()
 
     def _quantize(self, x: torch.Tensor) -> None:
-        lay = self.spec.layout
+        """``fixed_range``: quantize all of ``x`` against the sample's range (set by its first chunk)."""
         self.tokens_sent_to_quantizer += x.shape[2]
-        if self.spec.rule == "fixed_range":
-            q = self._quantize_fixed(x)
-            self.scale, self.zero = q.scale, q.zero
-        else:
-            q = L.quantize_kv(x, lay)
-            self.scale = q.scale if self.scale is None else torch.cat([self.scale, q.scale], dim=2)
-            self.zero = q.zero if self.zero is None else torch.cat([self.zero, q.zero], dim=2)
+        q = self._quantize_fixed(x)
+        self.scale, self.zero = q.scale, q.zero
         self.packed = torch.cat([self.packed, q.packed], dim=2)
         self.n_quantized += x.shape[2]
 
@@ -215,6 +207,64 @@ class KVStream:
     def nbytes(self) -> int:
         """Bytes this stream's tensors hold (measured from their storages)."""
         return sum(_storage_bytes(t) for t in (self.packed, self.scale, self.zero, self.residual, self.outlier_idx, self.outlier_val))
+
+
+def _stacked(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """One row: the tensor itself; several: one batch along dim 0 (codes, parameters and fp16
+    residuals are small next to the float tensor they are read back into)."""
+    return tensors[0] if len(tensors) == 1 else torch.cat(tensors, dim=0)
+
+
+def read_streams_into(streams: list[KVStream], out: torch.Tensor) -> torch.Tensor:
+    """Read back ``G`` streams in the same state (one spec, equal token and quantized counts:
+    the rows of a batch without padding, at every decode step) into ``out`` ``[G, H, n, D]``
+    with one dequantization for the group, not one per row."""
+    first = streams[0]
+    nq = first.n_quantized
+    if nq:
+        q = L.QuantizedKV(_stacked([s.packed for s in streams]), _stacked([s.scale for s in streams]), _stacked([s.zero for s in streams]), first.head_dim)
+        past = out[:, :, :nq]
+        L.dequantize_kv_into(q, first.spec.layout, past)
+        for g, s in enumerate(streams):
+            if s.outlier_idx.numel():  # token-major flat index into [nq, H, D]
+                idx = s.outlier_idx.long()
+                per_token = s.heads * s.head_dim
+                tok, rest = idx // per_token, idx % per_token
+                past[g].index_put_((rest // s.head_dim, tok, rest % s.head_dim), s.outlier_val.to(out.dtype))
+    out[:, :, nq:].copy_(_stacked([s.residual for s in streams]))
+    return out
+
+
+def append_streams(streams: list[KVStream], x: torch.Tensor) -> None:
+    """Add ``x`` ``[G, H, t, D]`` to ``G`` streams in the same state under the ``block`` or
+    ``window`` rule: the tokens that fall due are quantized in one call for the group (blocks
+    never span two samples, so each row's codes and parameters are what it gets alone)."""
+    t = x.shape[2]
+    if t == 0:
+        return
+    first = streams[0]
+    res = torch.cat([_stacked([s.residual for s in streams]), x.to(first.store_dtype)], dim=2)
+    n_tokens = first.n_tokens + t
+    due = res.shape[2] - first.spec.n_fp16(n_tokens)
+    q = L.quantize_kv(res[:, :, :due], first.spec.layout) if due > 0 else None
+    own = (lambda t: t.clone()) if len(streams) > 1 else (lambda t: t)  # a row must not keep the group's storage alive
+    for g, s in enumerate(streams):
+        s.n_tokens = n_tokens
+        if q is not None:
+            s.tokens_sent_to_quantizer += due
+            scale, zero = q.scale[g : g + 1], q.zero[g : g + 1]
+            s.scale = own(scale) if s.scale is None else torch.cat([s.scale, scale], dim=2)
+            s.zero = own(zero) if s.zero is None else torch.cat([s.zero, zero], dim=2)
+            s.packed = torch.cat([s.packed, q.packed[g : g + 1]], dim=2)
+            s.n_quantized += due
+        # clone: a slice would keep the whole concatenated storage alive
+        s.residual = res[g : g + 1, :, due:].clone()
+
+
+def _rows_slice(rows: list[int]) -> slice | None:
+    """``rows`` as a slice of the batch when they are consecutive (then writes go straight
+    into a view of attention's buffer), else None."""
+    return slice(rows[0], rows[-1] + 1) if rows == list(range(rows[0], rows[-1] + 1)) else None
 
 
 class QuantizedKVLayer(BaseQuantizedLayer):
@@ -281,29 +331,58 @@ class QuantizedKVLayer(BaseQuantizedLayer):
         b, h, t, d = key_states.shape
         self.cumulative_length += t
         total = self.cumulative_length
-        dtype = key_states.dtype
-        keys = key_states.new_zeros(b, h, total, d)
-        values = value_states.new_zeros(b, value_states.shape[1], total, value_states.shape[-1])
+        # Every row is written right-aligned straight into the buffer attention reads; only the
+        # slots in front of a row's first token (padding) are zeroed.  Rows in the same state
+        # (equal token counts: a batch without padding, or rows whose padding is used up) are
+        # read and appended as one group; ``fixed_range`` streams keep a per-row range and go
+        # one row at a time.
+        keys = key_states.new_empty(b, h, total, d)
+        values = value_states.new_empty(b, value_states.shape[1], total, value_states.shape[-1])
+        skips = [min(p, t) for p in self._pads_left]
+        self._pads_left = [p - k for p, k in zip(self._pads_left, skips)]
+        groups: dict[tuple, list[int]] = {}
+        batchable = self.key_spec.rule != "fixed_range" and self.value_spec.rule != "fixed_range"
         for row in range(b):
-            skip = min(self._pads_left[row], t)
-            self._pads_left[row] -= skip
-            k_new, v_new = key_states[row : row + 1, :, skip:], value_states[row : row + 1, :, skip:]
-            ks, vs = self.k_rows[row], self.v_rows[row]
-            if self.attend_quantized:  # attention reads exactly what the cache holds
-                ks.append(k_new)
-                vs.append(v_new)
-                k_all, v_all = ks.read(dtype), vs.read(value_states.dtype)
-            else:  # KIVI: the stored past, then this call's states at full precision
-                k_all = torch.cat([ks.read(dtype), k_new], dim=2)
-                v_all = torch.cat([vs.read(value_states.dtype), v_new], dim=2)
-                ks.append(k_new)
-                vs.append(v_new)
-            n = k_all.shape[2]
-            if n:
-                keys[row, :, total - n :] = k_all[0]
-                values[row, :, total - n :] = v_all[0]
-            self.byte_log[row].append((ks.n_tokens, ks.nbytes() + vs.nbytes()))
+            groups.setdefault((self.k_rows[row].n_tokens, skips[row]) if batchable else (row,), []).append(row)
+        for rows in groups.values():
+            self._update_rows(rows, skips[rows[0]], key_states, value_states, keys, values)
+        for row in range(b):
+            self.byte_log[row].append((self.k_rows[row].n_tokens, self.k_rows[row].nbytes() + self.v_rows[row].nbytes()))
         return keys, values
+
+    def _update_rows(self, rows: list[int], skip: int, key_states, value_states, keys, values) -> None:
+        """Store the new states of ``rows`` (same state, same leading padding ``skip``) and write
+        what attention reads for them into ``keys``/``values``."""
+        ks_rows, vs_rows = [self.k_rows[r] for r in rows], [self.v_rows[r] for r in rows]
+        span = _rows_slice(rows)
+        index = None if span is not None else torch.tensor(rows, device=keys.device)
+        pick = (lambda x: x[span]) if span is not None else (lambda x: x.index_select(0, index))
+        k_new, v_new = pick(key_states)[:, :, skip:], pick(value_states)[:, :, skip:]
+        total, t_new = keys.shape[2], k_new.shape[2]
+
+        def append() -> None:
+            for streams, new in ((ks_rows, k_new), (vs_rows, v_new)):
+                if len(streams) == 1:
+                    streams[0].append(new)
+                else:
+                    append_streams(streams, new)
+
+        if self.attend_quantized:  # attention reads exactly what the cache holds
+            append()
+            start, mid = total - ks_rows[0].n_tokens, total
+        else:  # KIVI: the stored past, then this call's states at full precision
+            start, mid = total - ks_rows[0].n_tokens - t_new, total - t_new
+        for streams, buffer, new in ((ks_rows, keys, k_new), (vs_rows, values, v_new)):
+            target = buffer[span] if span is not None else buffer.new_empty(len(rows), *buffer.shape[1:])
+            read_streams_into(streams, target[:, :, start:mid])
+            if mid < total:
+                target[:, :, mid:].copy_(new)
+            if start:
+                target[:, :, :start].zero_()
+            if span is None:
+                buffer.index_copy_(0, index, target)
+        if not self.attend_quantized:
+            append()
 
     # ---------------------------------------------------------------- batch edits (exact: no re-quantization)
     def _select(self, rows: list[int]) -> None:

@@ -50,6 +50,7 @@ __all__ = [
     "KVLayout",
     "QuantizedKV",
     "dequantize_kv",
+    "dequantize_kv_into",
     "n_outliers",
     "parse_label",
     "quantize_kv",
@@ -134,8 +135,52 @@ def quantize_kv_with(x: torch.Tensor, layout: KVLayout, scale: torch.Tensor, zer
 
 
 def dequantize_kv(q: QuantizedKV, layout: KVLayout, dtype: torch.dtype) -> torch.Tensor:
+    """The reference read-back: unpack the codes, then the shared primitive's ``q*scale + zero``."""
     codes = q.codes(layout.bits)
     return dequantize(codes, q.scale, q.zero, layout.bits, layout.block_size(tuple(codes.shape)), "float", dtype=dtype)
+
+
+def dequantize_kv_into(q: QuantizedKV, layout: KVLayout, out: torch.Tensor) -> torch.Tensor:
+    """Write :func:`dequantize_kv` ``(q, layout, out.dtype)`` into ``out`` (``[B, H, T, D]``, a view
+    of the buffer attention will read), bit for bit the same values.
+
+    Why a second path: a decode step reads the whole cache back, so this is the cache's hot
+    loop.  The reference unpacks through int32 words and allocates each intermediate (about ten
+    passes over the tokens); here each code position of a byte is shifted and masked in uint8
+    and written straight into its strided slot of the float output, then scaled and shifted in
+    place with the same float32 arithmetic (a multiply, then an add: no fused multiply-add that
+    would round differently).  Three passes, no temporaries beyond one byte-sized tensor.
+    Falls back to the reference for 3-bit codes, a head_dim that is not a whole number of
+    bytes, float64 parameters, or an ``out`` whose last dim is not contiguous.
+    """
+    bits = layout.bits
+    codes_per = 8 // bits if bits in (2, 4, 8) else 0
+    b, h, t, d = q.shape
+    if tuple(out.shape) != (b, h, t, d):
+        raise ValueError(f"out has shape {tuple(out.shape)}; the codes read back to {(b, h, t, d)}")
+    fast = codes_per and d % codes_per == 0 and q.scale.dtype != torch.float64 and out.dtype != torch.float64 and out.stride(-1) == 1
+    if not fast:
+        out.copy_(dequantize_kv(q, layout, out.dtype))
+        return out
+    work = out if out.dtype == torch.float32 else torch.empty(out.shape, dtype=torch.float32, device=out.device)
+    per_byte = work.view(b, h, t, d // codes_per, codes_per)
+    mask = (1 << bits) - 1
+    for i in range(codes_per):
+        per_byte[..., i].copy_(q.packed if bits == 8 else (q.packed >> (i * bits)) & mask)
+    scale, zero = q.scale.to(torch.float32), q.zero.to(torch.float32)
+    if layout.kind == "channel":  # one (scale, zero) per G consecutive tokens of a channel
+        g = layout.group
+        blocks = work.view(b, h, t // g, g, d)
+        blocks.mul_(scale.unsqueeze(3)).add_(zero.unsqueeze(3))
+    elif layout.kind == "token":  # one per G consecutive channels of a token
+        g = layout.group
+        blocks = work.view(b, h, t, d // g, g)
+        blocks.mul_(scale.unsqueeze(-1)).add_(zero.unsqueeze(-1))
+    else:  # one per sample
+        work.mul_(scale).add_(zero)
+    if work is not out:
+        out.copy_(work)
+    return out
 
 
 # --------------------------------------------------------------------------- outliers

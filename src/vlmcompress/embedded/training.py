@@ -277,18 +277,22 @@ def mixed_batch(
 
 
 @torch.no_grad()
-def first_token_accuracy(model, tokenizer, cfg: TrainConfig | None = None, per_task: int = 64, seed: int | None = None) -> dict[str, float]:
+def first_token_accuracy(
+    model, tokenizer, cfg: TrainConfig | None = None, per_task: int = 64, seed: int | None = None, extra_types: tuple[str, ...] = ()
+) -> dict[str, float]:
     """Teacher-forced accuracy of the whole answer of a single-turn prompt, per task type,
-    on held-out scenes (a fast proxy for greedy generation)."""
+    on held-out scenes (a fast proxy for greedy generation).  ``extra_types``: training-only
+    types measured too (e.g. ``pick_option``, the text lookup behind multiple choice); the
+    evaluated types' draws do not depend on them."""
     seed = cfg.seed if seed is None else seed
     model.eval()
     out = {}
-    for t_index, task in enumerate(TASK_TYPES):
+    for t_index, task in enumerate(TASK_TYPES + tuple(extra_types)):
         rng = np.random.default_rng([seed, 99, t_index])
         images, seqs = [], []
         while len(seqs) < per_task:
             scene = random_scene(rng, "heldout")
-            qa = ASKERS[task](scene, rng)
+            qa = ALL_ASKERS[task](scene, rng)
             if qa is None:
                 continue
             images.append(render(scene))

@@ -11,7 +11,14 @@ the runner.  Numbers are ratios measured in this run (no timing).
    bits, group 128, residual 128 (needs optimum-quanto importable: e.g. installed with
    ``pip install --target DIR optimum-quanto==0.2.7 ninja==1.13.0 --no-deps`` and
    ``PYTHONPATH=DIR``; skipped otherwise).  Its bytes are counted from the quanto tensors.
-3. Accuracy and loyalty on the synthetic suite via ``vlmcompress.runner.run`` on
+3. Decode-step time (``--timing-tokens``, default 4096 and 16384): per cache, one prefill,
+   then rounds of decode steps interleaved across the caches (so that load changes hit all
+   alike), median ms per step and bytes held, for the fp32 ``DynamicCache`` (the model's own
+   dtype on this CPU), our ``kivi`` and ``kv_group`` at 2 and 4 bits, and transformers'
+   ``QuantizedCache(quanto)`` at the same bits, group 128, residual 128 (ours: group 128 too); ratios against
+   quanto.  ``--timing-batch`` (default 1) rows per batch; at batch > 1 the prompts have
+   equal lengths.
+4. Accuracy and loyalty on the synthetic suite via ``vlmcompress.runner.run`` on
    ``--model`` (default: the embedded model; head_dim 64, prompts of ~80 tokens, so the
    groups and residual are 32 tokens here), with ``attend_quantized`` false (KIVI: the prompt
    attends to itself at full precision) and true (attention always reads the stored cache).
@@ -19,11 +26,13 @@ the runner.  Numbers are ratios measured in this run (no timing).
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/kv_quant.py [--tokens 4096] [--decode 16]
         [--model embedded] [--limit 32] [--batch-size 8] [--group 32] [--residual 32]
         [--attend-quantized both|false|true] [--skip-long] [--skip-runner]
+        [--timing-tokens 4096,16384] [--timing-batch 1] [--timing-steps 8] [--timing-rounds 5] [--skip-timing]
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 import time
 
@@ -140,11 +149,80 @@ def quanto_row(model, cfg, ids, dec_ids, bits, fp16, fidelity) -> None:
     print(f"{name:58s} {held:9d} {'-':>9s} {'-':>8s} {fp16 / held:7.2f} {top1:5.2f} {cos:7.4f}   (residual kept in {dtype})")
 
 
+def _quanto_cache(cfg, bits: int):
+    try:
+        import optimum.quanto  # noqa: F401
+        from transformers import QuantizedCache
+    except ImportError:
+        return None
+    return QuantizedCache(backend="quanto", config=cfg, nbits=bits, q_group_size=128, residual_length=128)
+
+
+def _quanto_bytes(cache) -> int:
+    held = 0
+    for layer in cache.layers:
+        held += _tensor_bytes(layer._quantized_keys) + _tensor_bytes(layer._quantized_values)
+        held += _tensor_bytes(layer.keys) + _tensor_bytes(layer.values)
+    return held
+
+
+def decode_timing(tokens: int, batch: int, steps: int, rounds: int, seed: int) -> None:
+    """Median decode-step time and bytes held per cache at ``tokens`` tokens (see the module doc)."""
+    from vlmcompress.models.tiny import tiny_llava
+
+    model, _ = tiny_llava(hidden=256, layers=2, heads=2, kv_heads=1, seed=seed)
+    cfg = model.config.get_text_config()
+    head_dim = cfg.hidden_size // cfg.num_attention_heads
+    ids = torch.randint(10, cfg.vocab_size, (batch, tokens), generator=torch.Generator().manual_seed(seed))
+    makers = {"DynamicCache (fp32)": lambda: DynamicCache(config=cfg)}
+    for bits in (2, 4):
+        for spec in (f"kivi(bits={bits},group=128,residual=128)", f"kv_group(bits={bits},label=g-KC128VT128,residual=128)"):
+            makers[spec] = lambda spec=spec: build_setting(spec).methods[0].build_cache(cfg.num_hidden_layers, head_dim, None)
+        if _quanto_cache(cfg, bits) is not None:
+            makers[f"QuantizedCache(quanto,nbits={bits},G=128,R=128)"] = lambda bits=bits: _quanto_cache(cfg, bits)
+    caches, last = {}, {}
+    with torch.inference_mode():
+        for name, make in makers.items():
+            caches[name] = make()
+            last[name] = model(input_ids=ids, past_key_values=caches[name], use_cache=True).logits[:, -1:].argmax(-1)
+        times = {name: [] for name in caches}
+        for _ in range(rounds):  # interleaved: every cache gets the same share of this machine's noise
+            for name, cache in caches.items():
+                for _ in range(steps):
+                    start = time.perf_counter()
+                    logits = model(input_ids=last[name], past_key_values=cache, use_cache=True).logits[:, -1:]
+                    times[name].append(time.perf_counter() - start)
+                    last[name] = logits.argmax(-1)
+    held = {}
+    for name, cache in caches.items():
+        if hasattr(cache, "footprint"):
+            held[name] = sum(row["kv_bytes"] for row in cache.footprint())
+        elif name.startswith("QuantizedCache"):
+            held[name] = _quanto_bytes(cache)
+        else:
+            held[name] = sum(_tensor_bytes(layer.keys) + _tensor_bytes(layer.values) for layer in cache.layers)
+    n_held = tokens + rounds * steps
+    print(f"\n## 3. decode-step time at {tokens} prompt tokens (+{rounds * steps} decoded), batch {batch}, tiny LLaVA decoder "
+          f"({cfg.num_hidden_layers} layers, head_dim {head_dim}), torch threads {torch.get_num_threads()}; median of {rounds * steps} steps")
+    header = f"{'cache':52s} {'ms/step':>8s} {'bytes held':>11s} {'vs quanto: time':>16s} {'bytes':>6s}"
+    print(header)
+    print("-" * len(header))
+    medians = {name: statistics.median(ts) for name, ts in times.items()}
+    for name in caches:
+        bits = 2 if "bits=2" in name or "nbits=2" in name else 4 if ("bits=4" in name or "nbits=4" in name) else None
+        ref = f"QuantizedCache(quanto,nbits={bits},G=128,R=128)"
+        rel = f"{medians[name] / medians[ref]:16.2f} {held[name] / held[ref]:6.2f}" if bits and ref in medians else f"{'-':>16s} {'-':>6s}"
+        print(f"{name:52s} {medians[name] * 1000:8.2f} {held[name]:11d} {rel}")
+    if not any(n.startswith("QuantizedCache") for n in caches):
+        print("(transformers QuantizedCache skipped: optimum-quanto is not importable)")
+    print(f"(bytes held after {n_held} tokens per row, summed over {batch} row(s) and {cfg.num_hidden_layers} layers)")
+
+
 def runner_part(model: str, tasks: list[str], limit: int, batch_size: int, seed: int, attend: list[bool], group: int, residual: int) -> None:
     from vlmcompress.runner import RunConfig, run
 
     settings = [s for a in attend for b in (2, 4) for s in runner_settings(b, a, group, residual)]
-    print(f"\n## 3. runner: model={model}, tasks={','.join(tasks)}, limit={limit}, batch_size={batch_size}, seed={seed}")
+    print(f"\n## 4. runner: model={model}, tasks={','.join(tasks)}, limit={limit}, batch_size={batch_size}, seed={seed}")
     with tempfile.TemporaryDirectory() as out:
         started = time.perf_counter()
         result = run(RunConfig(model=model, tasks=tasks, settings=settings, limit=limit, batch_size=batch_size, seed=seed, output=out))
@@ -178,16 +256,24 @@ def main() -> None:
     ap.add_argument("--attend-quantized", choices=("both", "false", "true"), default="both")
     ap.add_argument("--skip-long", action="store_true")
     ap.add_argument("--skip-runner", action="store_true")
+    ap.add_argument("--timing-tokens", default="4096,16384", help="prompt lengths of the decode-step timing, comma-separated")
+    ap.add_argument("--timing-batch", type=int, default=1)
+    ap.add_argument("--timing-steps", type=int, default=8, help="decode steps per cache per round")
+    ap.add_argument("--timing-rounds", type=int, default=5)
+    ap.add_argument("--skip-timing", action="store_true")
     args = ap.parse_args()
     torch.manual_seed(args.seed)
     if not args.skip_long:
         long_sequence(args.tokens, args.decode, args.seed)
+    if not args.skip_timing:
+        for tokens in (int(t) for t in args.timing_tokens.split(",")):
+            decode_timing(tokens, args.timing_batch, args.timing_steps, args.timing_rounds, args.seed)
     if not args.skip_runner:
         attend = {"both": [False, True], "false": [False], "true": [True]}[args.attend_quantized]
         try:
             runner_part(args.model, args.tasks.split(","), args.limit, args.batch_size, args.seed, attend, args.group, args.residual)
         except Exception as exc:  # e.g. the embedded model is not built yet
-            print(f"\n## 3. runner skipped: {type(exc).__name__}: {exc}")
+            print(f"\n## 4. runner skipped: {type(exc).__name__}: {exc}")
 
 
 if __name__ == "__main__":

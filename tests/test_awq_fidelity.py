@@ -219,3 +219,23 @@ def test_search_knob_is_checked():
     with pytest.raises(ConfigError, match="search"):
         build_setting("awq(search=blockwise)")
     assert build_setting("awq").methods[0].search == "reference"
+
+
+def test_linear_group_loss_from_the_gram_matrix_is_the_direct_loss():
+    """With more input rows than input features the single-Linear loss is evaluated as
+    sum((E G) ∘ E) / (n · out), G = XᵀX; it must equal mean((X Eᵀ)²) computed directly."""
+    from vlmcompress.methods.weights.awq import SubmoduleLoss, scaled_fake_quant
+
+    g = torch.Generator().manual_seed(5)
+    lin = torch.nn.Linear(32, 12, bias=False)
+    lin.weight.data = torch.randn(12, 32, generator=g)
+    x = torch.randn(2, 40, 32, generator=g) * torch.linspace(0.1, 4.0, 32)  # 80 rows > 32 inputs
+    loss = SubmoduleLoss(lin, [((x[:1],), {}), ((x[1:],), {})], [None, None], [lin], bits=3, group_size=16)
+    assert loss.gram is not None and loss.rows is None
+    rows = x.reshape(-1, 32).double()
+    for alpha in (0.0, 0.3, 0.7):
+        s = x.abs().reshape(-1, 32).mean(0) ** alpha
+        s = s / (s.max() * s.min()).sqrt()
+        err = scaled_fake_quant(lin.weight.data, s, 3, 16).double() - lin.weight.data.double()
+        direct = float(((rows @ err.T) ** 2).mean())
+        assert loss(s) == pytest.approx(direct, rel=1e-5)

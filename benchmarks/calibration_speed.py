@@ -222,18 +222,8 @@ def llmc_worker(folder: Path, method: str, batch: int, threads: int, out: Path) 
 # ----------------------------------------------------------------------------- ours
 
 
-class _Calibration:
-    def __init__(self, batches):
-        self._batches = batches
-
-    def batches(self):
-        return self._batches
-
-    def describe(self):
-        return {}
-
-
 def run_ours(folder: Path, spec: str, batches: list[dict], profile: bool = False):
+    from vlmcompress.eval.calibration import FixedBatches
     from vlmcompress.methods import CompressionContext, build_setting
     from vlmcompress.models.base import ModelAdapter
 
@@ -247,7 +237,7 @@ def run_ours(folder: Path, spec: str, batches: list[dict], profile: bool = False
             return self.model.model
 
     model = load_model(folder)
-    ctx = CompressionContext(model, LlamaTextAdapter(model, None), None, calibration=_Calibration(batches))
+    ctx = CompressionContext(model, LlamaTextAdapter(model, None), None, calibration=FixedBatches(batches))
     (method,) = build_setting(spec).ordered()
     prof = None
     if profile:

@@ -15,6 +15,7 @@ import PIL.Image
 import pytest
 import torch
 
+from vlmcompress.eval.calibration import FixedBatches
 from vlmcompress.methods import CompressionContext
 from vlmcompress.methods.weights.awq import AWQ
 from vlmcompress.models.llava import LlavaAdapter
@@ -49,22 +50,11 @@ def _batches(adapter, n_batches=2, per=3, seed=0):
     return out
 
 
-class _Calibration:
-    def __init__(self, batches):
-        self._batches = batches
-
-    def batches(self):
-        return self._batches
-
-    def describe(self):
-        return {}
-
-
 def _run_awq(layers=LAYERS, seed=0, **knobs):
     """AWQ on a fresh tiny model: ``(model, adapter, ctx)``."""
     model, processor = _model(layers, seed)
     adapter = LlavaAdapter(model, processor)
-    ctx = CompressionContext(model, adapter, processor, calibration=_Calibration(_batches(adapter)))
+    ctx = CompressionContext(model, adapter, processor, calibration=FixedBatches(_batches(adapter)))
     method = AWQ(**{"bits": 3, "group_size": 32, **knobs})
     method.validate()
     method.prepare(ctx)

@@ -494,3 +494,17 @@ def test_token_dropping_with_kv_quant_counts_only_kept_tokens(request, family):
         alone, _ = run_cell_batch(bundle, spec, questions=[q], images=[_images(2)[0]])
         assert alone.predictions[0] == out.predictions[r]
         assert alone.sample_stats[0]["kv_bytes"] == out.sample_stats[r]["kv_bytes"]
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("chunk", [1, 7, 16, 64])
+def test_column_sums_equal_the_dense_attention_matrix(causal, chunk):
+    """Chunked (and, when causal, truncated to each chunk's past) column sums against the
+    whole L x L softmax in float64."""
+    q, k = rand_qk(L=37, seed=chunk)
+    got = S.attention_column_sums(q, k, 0.3, chunk=chunk, causal=causal)
+    ke = k.double().repeat_interleave(q.shape[0] // k.shape[0], dim=0)
+    logits = q.double() @ ke.transpose(1, 2) * 0.3
+    if causal:
+        logits = logits.masked_fill(torch.ones(37, 37, dtype=torch.bool).triu(1), float("-inf"))
+    assert torch.allclose(got.double(), logits.softmax(-1).sum(1), rtol=1e-5, atol=1e-5)

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from vlmcompress.errors import ConfigError
+from vlmcompress.eval.calibration import FixedBatches
 from vlmcompress.footprint import held_weight_bytes
 from vlmcompress.methods import CompressionContext, build_setting
 from vlmcompress.methods.weights.awq import awq_search, fold_scales, linear_output_mse, scaled_fake_quant
@@ -255,23 +256,10 @@ def _batches(adapter, n, seed):
 FAMILIES = [(tiny_llava, LlavaAdapter), (tiny_qwen2_vl, Qwen2VLAdapter)]
 
 
-class _Calibration:
-    """A calibration source for tests: ``make()`` gives the batches."""
-
-    def __init__(self, make):
-        self.make = make
-
-    def batches(self):
-        return self.make()
-
-    def describe(self):
-        return {}
-
-
 def _apply(make, adapter_cls, spec, seed=0):
     model, processor = make()
     adapter = adapter_cls(model, processor)
-    ctx = CompressionContext(model, adapter, processor, calibration=_Calibration(lambda: _batches(adapter, 3, seed=9)))
+    ctx = CompressionContext(model, adapter, processor, calibration=FixedBatches(lambda: _batches(adapter, 3, seed=9)))
     for m in build_setting(spec).ordered():
         m.prepare(ctx)
     return model, adapter, ctx
@@ -358,7 +346,7 @@ def test_group_size_checked_against_layers_before_any_work(spec):
     model, processor = tiny_llava()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     calls = []
-    ctx = CompressionContext(model, LlavaAdapter(model, processor), processor, calibration=_Calibration(lambda: calls.append(1) or []))
+    ctx = CompressionContext(model, LlavaAdapter(model, processor), processor, calibration=FixedBatches(lambda: calls.append(1) or []))
     (method,) = build_setting(spec).methods
     with pytest.raises(ConfigError, match="group_size|nm"):
         method.prepare(ctx)

@@ -4,7 +4,7 @@ into model-input batches by the model's own adapter."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -36,3 +36,19 @@ class CalibrationSource:
 
     def describe(self) -> dict[str, Any]:
         return {"calibration_task": self.task, "calibration_seed": self.seed, "calibration_samples_requested": self.samples}
+
+
+@dataclass
+class FixedBatches:
+    """Calibration from model-input batches built elsewhere (a user's own data, a benchmark
+    comparing with another library on the very same batches, tests): ``batches`` is the
+    list, or a function that builds it when a method first asks (so unused data costs nothing)."""
+
+    source: list[dict] | Callable[[], list[dict]]
+    label: str = "fixed batches"
+
+    def batches(self) -> list[dict]:
+        return self.source() if callable(self.source) else self.source
+
+    def describe(self) -> dict[str, Any]:
+        return {"calibration_task": self.label}

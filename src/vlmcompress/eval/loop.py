@@ -56,6 +56,16 @@ def _to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
+def generation_cache(ctx: CompressionContext, methods: list[CompressionMethod], batch: dict):
+    """The cache a batch generates with: the first method's that brings one (KV quantization,
+    eviction), else the library's ``DynamicCache``."""
+    for m in methods:
+        cache = m.make_cache(ctx, batch)
+        if cache is not None:
+            return cache
+    return DynamicCache(config=ctx.model.config.get_text_config())
+
+
 def generate_batch(
     ctx: CompressionContext,
     methods: list[CompressionMethod],
@@ -76,13 +86,7 @@ def generate_batch(
     batch = _to_device(adapter.build_inputs([s.load_image() for s in samples], prompts), device)
     clock = RequestClock(device) if timing == "request" else StepClock(device)
     clock.begin()
-    cache = None
-    for m in methods:
-        cache = m.make_cache(ctx, batch)
-        if cache is not None:
-            break
-    if cache is None:
-        cache = DynamicCache(config=model.config.get_text_config())
+    cache = generation_cache(ctx, methods, batch)
     with torch.inference_mode():
         out = model.generate(
             **batch,

@@ -342,3 +342,17 @@ else:
                 assert max(xs) - min(xs) <= 1e-9 * max(abs(v) for v in xs) or len(pts) < 2
         front = pareto_front(pts, True)
         assert all(not (math.isnan(p[2])) for p in front)
+
+
+def test_disagreements_fold_into_one_closed_block_per_setting():
+    """A long run's disagreements are one collapsible block per setting whose summary says
+    how many rows it holds and in which tasks; the rows are still all in the page."""
+    samples = TASKS.get("synth_count").samples(SEED, 3)
+    results = _results(_cell("none"), _cell("rtn(bits=4)", acc=0.5), _cell("wanda(sparsity=0.5)", acc=0.5))
+    rows = [{"sample_id": s.id, "prediction": "9", "baseline": s.answer, "gold": s.answer} for s in samples]
+    page = render_html(results, {("m", "rtn(bits=4)", "synth_count"): rows[:2], ("m", "wanda(sparsity=0.5)", "synth_count"): rows})
+    assert page.count("<details class='disagree'>") == 2 and "<details class='disagree' open" not in page
+    assert "2 shown in 1 task: synth_count</summary>" in page and "3 shown in 1 task: synth_count</summary>" in page
+    assert page.count("class='thumb'") == 5
+    rtn_block = page[page.index("<details class='disagree'>") : page.index("</details>")]
+    assert "rtn(bits=4)" in rtn_block and "wanda" not in rtn_block

@@ -73,6 +73,9 @@ figure{margin:0}
 figcaption{font-size:13px;color:#555;max-width:560px}
 img.plot{max-width:100%;height:auto}
 img.thumb{width:96px;height:auto;image-rendering:pixelated;border:1px solid #ddd}
+details.disagree{margin:.3em 0;border:1px solid #ddd;border-radius:4px;padding:.2em .6em}
+details.disagree summary{cursor:pointer;padding:.3em 0}
+details.disagree[open] summary{border-bottom:1px solid #eee;margin-bottom:.4em}
 """
 
 
@@ -395,25 +398,37 @@ def _disagreement_table(model: str, disagreements: dict, cfg: dict, number: dict
         views = sample_views(cfg, wanted)
     except Exception:  # noqa: BLE001 - pictures are a help, never a failure
         views = {}
+    by_setting: dict[str, list[tuple[str, list[dict]]]] = {}
+    for (_, s, t), rows in shown:
+        by_setting.setdefault(s, []).append((t, rows))
     out = [
         "<h3>Where settings disagree with the baseline (first few per cell)</h3>",
-        "<p class='note'>Answers that match the gold (as the task compares them) are green, others red.</p>",
-        "<div class='scroll'><table><tr><th class='l'>image</th><th class='l'>question</th><th class='l'>gold</th><th class='l'>baseline</th><th class='l'>this setting</th><th class='l'>sample</th></tr>",
+        "<p class='note'>One block per setting, closed: open the ones you want to read. Answers that match the gold "
+        "(as the task compares them) are green, others red.</p>",
     ]
-    for (_, s, t), rows in shown:
+    head = "<tr><th class='l'>image</th><th class='l'>question</th><th class='l'>gold</th><th class='l'>baseline</th><th class='l'>this setting</th><th class='l'>sample</th></tr>"
+    for s, cells in by_setting.items():
         num = number.get(s)
-        out.append(f"<tr class='group'><td colspan='6'>{'#' + str(num) + ' ' if num else ''}{_code(s)} · {_e(t, 80)}</td></tr>")
-        for r in rows:
-            view = views.get((t, str(r.get("sample_id"))))
-            img = f"<img class='thumb' alt='sample image' src='{view.thumbnail}'>" if view and view.thumbnail else ""
-            question = _e(view.question, MAX_TEXT) if view and view.question else "<small>–</small>"
-            out.append(
-                f"<tr><td>{img}</td><td class='text'>{question}</td><td class='text'>{_e(r.get('gold'), MAX_TEXT)}</td>"
-                f"<td class='text{_verdict(t, r.get('baseline'), r.get('gold'))}'>{_e(r.get('baseline'), MAX_TEXT)}</td>"
-                f"<td class='text{_verdict(t, r.get('prediction'), r.get('gold'))}'>{_e(r.get('prediction'), MAX_TEXT)}</td>"
-                f"<td class='l'><small>{_e(r.get('sample_id'), 120)}</small></td></tr>"
-            )
-    out.append("</table></div>")
+        n_rows = sum(len(rows) for _, rows in cells)
+        tasks = ", ".join(_e(t, 80) for t, _ in cells)
+        out.append(
+            f"<details class='disagree'><summary>{'#' + str(num) + ' ' if num else ''}{_code(s)} · "
+            f"{n_rows} shown in {len(cells)} task{'s' if len(cells) != 1 else ''}: {tasks}</summary>"
+        )
+        out.append(f"<div class='scroll'><table>{head}")
+        for t, rows in cells:
+            out.append(f"<tr class='group'><td colspan='6'>{_e(t, 80)}</td></tr>")
+            for r in rows:
+                view = views.get((t, str(r.get("sample_id"))))
+                img = f"<img class='thumb' alt='sample image' src='{view.thumbnail}'>" if view and view.thumbnail else ""
+                question = _e(view.question, MAX_TEXT) if view and view.question else "<small>–</small>"
+                out.append(
+                    f"<tr><td>{img}</td><td class='text'>{question}</td><td class='text'>{_e(r.get('gold'), MAX_TEXT)}</td>"
+                    f"<td class='text{_verdict(t, r.get('baseline'), r.get('gold'))}'>{_e(r.get('baseline'), MAX_TEXT)}</td>"
+                    f"<td class='text{_verdict(t, r.get('prediction'), r.get('gold'))}'>{_e(r.get('prediction'), MAX_TEXT)}</td>"
+                    f"<td class='l'><small>{_e(r.get('sample_id'), 120)}</small></td></tr>"
+                )
+        out.append("</table></div></details>")
     return out
 
 

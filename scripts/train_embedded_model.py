@@ -1,6 +1,6 @@
 """Train the embedded model, phase by phase, on the synthetic suite's train split.
 
-    # the whole recipe from random weights (base, then every continuation phase)
+    # the shipped weights' recipe from random weights (base, then the continuation phases in embedded.phases.RECIPE)
     .venv/bin/python scripts/train_embedded_model.py [--work-dir scratch/train] [--export src/vlmcompress/embedded/weights]
     # one continuation phase from the shipped weights
     .venv/bin/python scripts/train_embedded_model.py --phases letters --init-from src/vlmcompress/embedded/weights
@@ -16,7 +16,7 @@ import argparse
 from dataclasses import fields
 from pathlib import Path
 
-from vlmcompress.embedded.phases import PHASE_NAMES, phase_named, train_phase
+from vlmcompress.embedded.phases import PHASE_NAMES, RECIPE, phase_named, train_phase
 from vlmcompress.embedded.training import TrainConfig, train
 
 
@@ -24,7 +24,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work-dir", type=Path, default=Path("scratch/train"))
     parser.add_argument("--export", type=Path, default=Path("src/vlmcompress/embedded/weights"))
-    parser.add_argument("--phases", default=",".join(("base",) + PHASE_NAMES), help=f"comma-separated, in order; known: base,{','.join(PHASE_NAMES)}")
+    parser.add_argument(
+        "--phases", default=",".join(("base",) + RECIPE),
+        help=f"comma-separated, in order (default: the shipped weights' recipe); known: base,{','.join(PHASE_NAMES)}",
+    )
     parser.add_argument("--init-from", type=Path, default=None, help="weights the first phase starts from when it is not base")
     for f in fields(TrainConfig):
         flag = f"--{f.name.replace('_', '-')}"

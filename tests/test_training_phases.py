@@ -150,3 +150,47 @@ def test_the_script_refuses_bad_phase_lists_before_any_work(tmp_path):
         out = subprocess.run([sys.executable, str(script), "--work-dir", str(tmp_path), *args], capture_output=True, text=True)
         assert out.returncode != 0 and words in out.stderr, out.stderr
     assert not any(tmp_path.iterdir())
+
+
+def test_text_lookup_batches_hold_no_image_and_answer_with_the_letter_of_the_named_colour():
+    tok = build_processor().tokenizer
+    batch = training.text_lookup_batch(tok, np.random.default_rng(3), batch_size=5, n_turns=2)
+    assert "pixel_values" not in batch
+    image_token = tok.convert_tokens_to_ids("<image>")
+    assert not (batch["input_ids"] == image_token).any()
+    for ids, labels, mask in zip(batch["input_ids"], batch["labels"], batch["attention_mask"]):
+        text = tok.decode(ids[mask.bool()].tolist(), skip_special_tokens=True)
+        turns = [t for t in text.split("question :") if t.strip()]
+        assert len(turns) == 2
+        answers = [tok.decode([int(i)]) for i in labels[labels != -100].tolist() if int(i) != tok.eos_token_id]
+        for turn, answer in zip(turns, answers):
+            target = turn.split("what is ")[1].split("?")[0].strip()
+            options = turn.split("?")[1].split(" answer")[0].split()
+            listed = dict(zip(options[0::3], options[2::3]))  # "a ) red b ) blue ..." -> {a: red, ...}
+            assert listed[answer] == target
+
+
+def test_a_phase_with_text_lookup_batches_trains_the_decoder_only(tmp_path, monkeypatch):
+    _tiny_init(tmp_path / "init")
+    tiny = Phase(name="lookup_text", steps=4, warmup_steps=1, batch=2, turns_per_image=2, mix=PHASES[0].mix, text_lookup=((0.0, 1.0), (0.5, 0.0)), text_batch=3, text_turns=2)
+    monkeypatch.setattr(phases, "PHASES", (tiny,))
+    monkeypatch.setattr(phases, "PHASE_NAMES", ("lookup_text",))
+    monkeypatch.setattr(phases, "first_token_accuracy", lambda *a, **k: {})
+    drawn = []
+    real_text, real_mixed = phases.text_lookup_batch, phases.mixed_batch
+    monkeypatch.setattr(phases, "text_lookup_batch", lambda *a, **k: (drawn.append("text"), real_text(*a, **k))[1])
+    monkeypatch.setattr(phases, "mixed_batch", lambda *a, **k: (drawn.append("image"), real_mixed(*a, **k))[1])
+    phases.train_phase(tiny, tmp_path / "init", tmp_path / "w", tmp_path / "out", threads=1, eval_every=1000, checkpoint_every=1000)
+    assert drawn == ["text", "text", "image", "image"]  # share 1.0 for the first half, then none
+    init, out = (load_file(tmp_path / d / "model.safetensors") for d in ("init", "out"))
+    changed = [k for k in out if not torch.equal(out[k], init[k])]
+    assert changed and not any("vision_tower" in k for k in changed)
+
+
+def test_the_default_phase_list_is_the_shipped_recipe():
+    import json
+
+    recipe = json.loads((ROOT / "src/vlmcompress/embedded/weights/recipe.json").read_text())
+    assert [p["name"] for p in recipe.get("phases", [])] == list(phases.RECIPE)
+    assert set(phases.RECIPE) <= set(phases.PHASE_NAMES)
+    assert all(p.text_share_at(0) == 0.0 for p in PHASES if p.name == "letters")  # its draws stay as they were

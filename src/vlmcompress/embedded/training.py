@@ -215,11 +215,12 @@ def draw_turns(
     return turns
 
 
-def encode_sequence(tokenizer, turns: list[tuple[str, str]]) -> tuple[list[int], list[int]]:
+def encode_sequence(tokenizer, turns: list[tuple[str, str]], with_image: bool = True) -> tuple[list[int], list[int]]:
     """Token ids and labels (answers only) of one multi-turn sequence, in the chat
-    template's format: ``<s> <image>*N question : q answer : a </s> question : ...``."""
+    template's format: ``<s> <image>*N question : q answer : a </s> question : ...``
+    (without the image tokens for a text-only sequence)."""
     image_token = tokenizer.convert_tokens_to_ids("<image>")
-    ids = [tokenizer.bos_token_id] + [image_token] * NUM_IMAGE_TOKENS
+    ids = [tokenizer.bos_token_id] + [image_token] * (NUM_IMAGE_TOKENS if with_image else 0)
     labels = [-100] * len(ids)
     for question, answer in turns:
         q = tokenizer.encode(f"question : {question} answer :", add_special_tokens=False)
@@ -265,6 +266,11 @@ def mixed_batch(
             turns.append((CAPTION_PROMPT, caption(scene)))
         images.append(render(scene))
         seqs.append(encode_sequence(tokenizer, turns))
+    return {**padded(tokenizer, seqs), "pixel_values": pixels(images)}
+
+
+def padded(tokenizer, seqs: list[tuple[list[int], list[int]]]) -> dict[str, torch.Tensor]:
+    """Right-padded ``input_ids``, ``attention_mask`` and ``labels`` of encoded sequences."""
     width = max(len(ids) for ids, _ in seqs)
     input_ids = torch.full((len(seqs), width), tokenizer.pad_token_id)
     labels = torch.full((len(seqs), width), -100)
@@ -273,7 +279,14 @@ def mixed_batch(
         input_ids[i, : len(ids)] = torch.tensor(ids)
         labels[i, : len(lab)] = torch.tensor(lab)
         mask[i, : len(ids)] = 1
-    return {"input_ids": input_ids, "attention_mask": mask, "pixel_values": pixels(images), "labels": labels}
+    return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
+
+
+def text_lookup_batch(tokenizer, rng: np.random.Generator, batch_size: int, n_turns: int) -> dict[str, torch.Tensor]:
+    """Text-only sequences of the option lookup ("what is red ? a ) blue b ) red ..." -> "b"),
+    no image: short and cheap, for the skill multiple choice needs on top of seeing."""
+    seqs = [encode_sequence(tokenizer, [(qa.question, qa.answer) for qa in (AUX_ASKERS["pick_option"](None, rng) for _ in range(n_turns))], with_image=False) for _ in range(batch_size)]
+    return padded(tokenizer, seqs)
 
 
 @torch.no_grad()

@@ -33,7 +33,8 @@ def main() -> None:
     ap.add_argument("--write", action=argparse.BooleanOptionalAction, default=True, help="merge the scores into recipe.json next to the weights")
     args = ap.parse_args()
     out = tempfile.mkdtemp(prefix="vlmc-embedded-eval-")
-    res = run(RunConfig(model=args.model, tasks=list(SYNTHETIC_SUITE), limit=args.limit, seed=args.seed, batch_size=args.batch_size, output=out))
+    # the uncompressed model only (RunConfig alone would run the default grid of settings)
+    res = run(RunConfig(model=args.model, tasks=list(SYNTHETIC_SUITE), settings=["none"], limit=args.limit, seed=args.seed, batch_size=args.batch_size, output=out))
     rows = {}
     print(f"{'task':24s} {'accuracy':>9s} {'95% CI':>15s} {'chance':>7s}  majority answer")
     for c in res["cells"]:

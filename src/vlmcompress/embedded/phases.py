@@ -102,8 +102,8 @@ PHASES: tuple[Phase, ...] = (
             "bias to the later letters (d 60, c 41, b 33, a 26 of 160).  The letter lookup itself is not "
             "learnt; the letters phase (two and three options) did not move it.  Here the lookup dominates "
             "the first third, with fewer turns per image so that the options of earlier turns compete less, "
-            "then four-option multiple choice and spatial take over.  Outcome: stopped at step 1750 of "
-            "3000 (teacher-forced, 64 per task: pick_option 0.41 -> 0.56, multiple choice 0.53 -> 0.38, "
+            "then four-option multiple choice and spatial take over.  Outcome: stopped at step 1625 of "
+            "3000 (teacher-forced, 64 per task, last eval at 1500: pick_option 0.41 -> 0.56, multiple choice 0.53 -> 0.38, "
             "spatial 0.61 -> 0.66); superseded by lookup_text."
         ),
         mix=(

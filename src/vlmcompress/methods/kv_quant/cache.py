@@ -145,18 +145,6 @@ class KVStream:
         self.n_first: int | None = None  # tokens of the first chunk (sets the fixed range)
         self.tokens_sent_to_quantizer = 0  # every token handed to the quantizer, counted once per hand-over
 
-    # ---------------------------------------------------------------- read
-    def read(self, dtype: torch.dtype) -> torch.Tensor:
-        """``[1, H, n, D]``: dequantized tokens, then the fp16 residual, in ``dtype``."""
-        out = torch.empty(1, self.heads, self.n_tokens, self.head_dim, dtype=dtype, device=self.residual.device)
-        return self.read_into(out)
-
-    def read_into(self, out: torch.Tensor) -> torch.Tensor:
-        """Write what :meth:`read` returns into ``out`` (``[1, H, n, D]``, a slice of the buffer
-        attention reads), so that a decode step makes one pass over the stored tokens, not a
-        dequantized copy, a concatenation and a copy."""
-        return read_streams_into([self], out)
-
     # ---------------------------------------------------------------- append
     def append(self, x: torch.Tensor) -> None:
         """Add ``[1, H, t, D]`` new states; quantize whatever the rule says is due."""
@@ -166,10 +154,9 @@ class KVStream:
         t = x.shape[2]
         if t == 0:
             return
-        res = torch.cat([self.residual, x.to(self.store_dtype)], dim=2)
         self.n_tokens += t
-        self._quantize(res)
-        self.residual = res[:, :, res.shape[2]:].clone()
+        self._quantize(torch.cat([self.residual, x.to(self.store_dtype)], dim=2))
+        self.residual = self.residual.new_empty(1, self.heads, 0, self.head_dim)  # a fixed range quantizes every token at once
 
     def _quantize(self, x: torch.Tensor) -> None:
         """``fixed_range``: quantize all of ``x`` against the sample's range (set by its first chunk)."""
@@ -247,7 +234,7 @@ def append_streams(streams: list[KVStream], x: torch.Tensor) -> None:
     n_tokens = first.n_tokens + t
     due = res.shape[2] - first.spec.n_fp16(n_tokens)
     q = L.quantize_kv(res[:, :, :due], first.spec.layout) if due > 0 else None
-    own = (lambda t: t.clone()) if len(streams) > 1 else (lambda t: t)  # a row must not keep the group's storage alive
+    own = (lambda p: p.clone()) if len(streams) > 1 else (lambda p: p)  # a row must not keep the group's storage alive
     for g, s in enumerate(streams):
         s.n_tokens = n_tokens
         if q is not None:

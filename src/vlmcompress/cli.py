@@ -163,6 +163,8 @@ def _print_summary(results: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from .report.summary import primary_score
+
     cells = results["cells"]
     settings = list(dict.fromkeys(c["setting"] for c in cells))
     tasks = list(dict.fromkeys(c["task"] for c in cells))
@@ -178,18 +180,12 @@ def _print_summary(results: dict) -> None:
         table.add_column("mean", justify="right", no_wrap=True)
         grid = {(c["setting"], c["task"]): c for c in cells if c["model"] == model}
         for s in settings:
-            vals = [_primary_score(grid.get((s, t))) for t in tasks]
+            vals = [primary_score(grid[s, t]) if (s, t) in grid else None for t in tasks]
             known = [v for v in vals if v is not None]
             row = ["–" if v is None else f"{v:.3f}" for v in vals]
             row.append(f"{sum(known) / len(known):.3f}" if known else "–")
             table.add_row(s, *row)
         console.print(table)
-
-
-def _primary_score(cell: dict | None) -> float | None:
-    if not cell:
-        return None
-    return cell["scores"].get(cell.get("primary_metric") or "accuracy")
 
 
 def _common_prefix(names: list[str]) -> str:

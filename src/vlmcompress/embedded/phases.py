@@ -53,13 +53,15 @@ class Phase:
     why: str = ""
 
     def text_share_at(self, step: int) -> float:
-        frac = step / self.steps
-        return [share for start, share in self.text_lookup if frac >= start][-1]
+        return self._scheduled(self.text_lookup, step)
 
     def weights_at(self, step: int) -> np.ndarray:
+        return parse_weights(self._scheduled(self.mix, step), PHASE_TYPES)
+
+    def _scheduled(self, schedule: tuple, step: int):
+        """The value of a ``((from_fraction, value), ...)`` schedule at ``step``."""
         frac = step / self.steps
-        spec = [w for start, w in self.mix if frac >= start][-1]
-        return parse_weights(spec, PHASE_TYPES)
+        return [value for start, value in schedule if frac >= start][-1]
 
     def lr_at(self, step: int) -> float:
         """Linear warm-up from 10% to ``lr``, flat to the half, cosine to 10%."""

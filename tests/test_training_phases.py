@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from vlmcompress.embedded import phases, training
 from vlmcompress.embedded.build import build_config, build_processor
-from vlmcompress.embedded.curriculum import OPTION_CURRICULUM
+from vlmcompress.embedded.curriculum import ADDRESS_CURRICULUM, OPTION_CURRICULUM
 from vlmcompress.embedded.phases import PHASES, Phase, phase_named
 from vlmcompress.embedded.training import PHASE_TYPES, REFINE_TYPES, TrainConfig, language_batch
 from vlmcompress.synthetic.questions import OPTION_LETTERS, ask_multiple_choice
@@ -69,7 +69,7 @@ def test_the_suite_still_asks_four_options_with_the_same_draws():
 def test_base_recipe_batches_do_not_see_the_phase_only_types():
     tok = build_processor().tokenizer
     cfg = TrainConfig(language_batch=4)
-    assert PHASE_TYPES[: len(REFINE_TYPES)] == REFINE_TYPES and set(PHASE_TYPES) - set(REFINE_TYPES) == set(OPTION_CURRICULUM)
+    assert PHASE_TYPES[: len(REFINE_TYPES)] == REFINE_TYPES and set(PHASE_TYPES) - set(REFINE_TYPES) == set(OPTION_CURRICULUM) | set(ADDRESS_CURRICULUM)
     a = language_batch(tok, cfg, cfg.language_steps + 5)
     b = language_batch(tok, cfg, cfg.language_steps + 5)
     assert torch.equal(a["input_ids"], b["input_ids"])
@@ -194,3 +194,71 @@ def test_the_default_phase_list_is_the_shipped_recipe():
     assert [p["name"] for p in recipe.get("phases", [])] == list(phases.RECIPE)
     assert set(phases.RECIPE) <= set(phases.PHASE_NAMES)
     assert all(p.text_share_at(0) == 0.0 for p in PHASES if p.name == "letters")  # its draws stay as they were
+
+
+def test_reads_by_cell_name_the_object_in_that_cell_and_reach_every_object():
+    rng = np.random.default_rng(5)
+    seen_non_unique_shape = 0
+    for _ in range(300):
+        scene = random_scene(rng, "train")
+        for name in ("color_at", "choice_at"):
+            qa = ADDRESS_CURRICULUM[name](scene, rng)
+            row, col = (int(w) for w in qa.question.split(" ?")[0].split()[-3::2])  # "... row R column C ?"
+            (obj,) = [s for s in scene.shapes if (s.row + 1, s.col + 1) == (row, col)]
+            if name == "color_at":
+                assert qa.question == f"what color is the object in row {row} column {col} ?" and qa.answer == obj.color
+            else:
+                options = qa.meta["options"]
+                assert len(set(options)) == 4 and qa.answer == OPTION_LETTERS[options.index(obj.color)]
+                assert qa.question.endswith(" ? " + " ".join(f"{OPTION_LETTERS[i]} ) {o}" for i, o in enumerate(options)))
+            seen_non_unique_shape += sum(s.shape == obj.shape for s in scene.shapes) > 1
+    assert seen_non_unique_shape > 50  # not only the uniquely shaped objects the suite names by shape
+
+
+def test_types_appended_for_later_phases_leave_earlier_phases_draws_unchanged():
+    """A zero weight at the end of ``rng.choice``'s table draws nothing and consumes nothing:
+    the lookup_text phase's image batches are the same with or without the address types."""
+    tok = build_processor().tokenizer
+    spec = phase_named("lookup_text").mix[0][1]
+    full = training.parse_weights(spec, PHASE_TYPES)
+    n_before = len(PHASE_TYPES) - len(ADDRESS_CURRICULUM)
+    assert not full[n_before:].any()
+    old = full[:n_before] / full[:n_before].sum()
+    a = training.mixed_batch(tok, np.random.default_rng([0, 1002, 7]), 3, PHASE_TYPES, full, 4, 0.2)
+    b = training.mixed_batch(tok, np.random.default_rng([0, 1002, 7]), 3, PHASE_TYPES[:n_before], old, 4, 0.2)
+    assert torch.equal(a["input_ids"], b["input_ids"]) and torch.equal(a["pixel_values"], b["pixel_values"])
+
+
+def test_text_batches_mix_the_lookup_and_the_comparison_with_right_answers():
+    tok = build_processor().tokenizer
+    weights = training.parse_weights("pick_option=1,compare=2", training.TEXT_ONLY)
+    batch = training.text_lookup_batch(tok, np.random.default_rng(4), batch_size=40, n_turns=3, weights=weights)
+    assert not (batch["input_ids"] == tok.convert_tokens_to_ids("<image>")).any()
+    kinds = {"lookup": 0, "compare": 0}
+    for ids, labels, mask in zip(batch["input_ids"], batch["labels"], batch["attention_mask"]):
+        text = tok.decode(ids[mask.bool()].tolist(), skip_special_tokens=True)
+        turns = [t for t in text.split("question :") if t.strip()]
+        answers = [tok.decode([int(i)]) for i in labels[labels != -100].tolist() if int(i) != tok.eos_token_id]
+        for turn, answer in zip(turns, answers, strict=True):
+            q = turn.split(" answer")[0].replace("?", " ?").split()
+            if q[:2] == ["what", "is"]:
+                kinds["lookup"] += 1
+                listed = dict(zip(q[4::3], q[6::3]))
+                assert listed[answer] == q[2]
+            else:  # "is row R column C <relation> row R column C ?"
+                kinds["compare"] += 1
+                r1, c1, r2, c2 = int(q[2]), int(q[4]), int(q[-4]), int(q[-2])
+                relation = " ".join(q[5:-5])
+                truth = {"left of": c1 < c2, "right of": c1 > c2, "above": r1 < r2, "below": r1 > r2}[relation]
+                assert answer == ("yes" if truth else "no")
+    assert kinds["compare"] > 1.4 * kinds["lookup"] > 0  # 2:1 asked
+
+
+def test_text_batches_without_a_mix_draw_the_lookup_as_before():
+    tok = build_processor().tokenizer
+    a = training.text_lookup_batch(tok, np.random.default_rng(9), 4, 3)
+    rng = np.random.default_rng(9)
+    from vlmcompress.embedded.curriculum import ask_pick_option
+
+    seqs = [training.encode_sequence(tok, [(qa.question, qa.answer) for qa in (ask_pick_option(None, rng) for _ in range(3))], with_image=False) for _ in range(4)]
+    assert torch.equal(a["input_ids"], training.padded(tok, seqs)["input_ids"])

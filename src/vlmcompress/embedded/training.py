@@ -35,14 +35,14 @@ import torch.nn.functional as F
 from transformers import LlavaForConditionalGeneration
 
 from ..synthetic.questions import ASKERS, CAPTION_PROMPT, caption
-from .curriculum import AUX_ASKERS, OPTION_CURRICULUM
+from .curriculum import ADDRESS_CURRICULUM, AUX_ASKERS, OPTION_CURRICULUM, TEXT_ONLY
 from ..synthetic.scenes import COLORS, GRID, SHAPES, random_scene, render
 from .build import IMAGE_MEAN, IMAGE_STD, NUM_IMAGE_TOKENS, build_config, build_processor
 
 TASK_TYPES = tuple(ASKERS)
 REFINE_TYPES = TASK_TYPES + tuple(AUX_ASKERS)  # the evaluated types, then the training-only ones
-PHASE_TYPES = REFINE_TYPES + tuple(OPTION_CURRICULUM)  # what continuation phases may also draw
-ALL_ASKERS = {**ASKERS, **AUX_ASKERS, **OPTION_CURRICULUM}
+PHASE_TYPES = REFINE_TYPES + tuple(OPTION_CURRICULUM) + tuple(ADDRESS_CURRICULUM)  # what continuation phases may also draw
+ALL_ASKERS = {**ASKERS, **AUX_ASKERS, **OPTION_CURRICULUM, **ADDRESS_CURRICULUM}
 
 
 @dataclass
@@ -282,10 +282,25 @@ def padded(tokenizer, seqs: list[tuple[list[int], list[int]]]) -> dict[str, torc
     return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
 
 
-def text_lookup_batch(tokenizer, rng: np.random.Generator, batch_size: int, n_turns: int) -> dict[str, torch.Tensor]:
-    """Text-only sequences of the option lookup ("what is red ? a ) blue b ) red ..." -> "b"),
-    no image: short and cheap, for the skill multiple choice needs on top of seeing."""
-    seqs = [encode_sequence(tokenizer, [(qa.question, qa.answer) for qa in (AUX_ASKERS["pick_option"](None, rng) for _ in range(n_turns))], with_image=False) for _ in range(batch_size)]
+def text_lookup_batch(
+    tokenizer, rng: np.random.Generator, batch_size: int, n_turns: int, weights: np.ndarray | None = None
+) -> dict[str, torch.Tensor]:
+    """Text-only sequences of questions that need no image (``TEXT_ONLY``: the option lookup
+    "what is red ? a ) blue b ) red ..." -> "b", the comparison of two written cells): short
+    and cheap.  ``weights`` over ``TEXT_ONLY``; None is the option lookup alone, drawn
+    without a type draw, as the ``lookup_text`` phase did."""
+    if weights is None:
+        types = lambda: "pick_option"  # noqa: E731
+    else:
+        types = lambda: TEXT_ONLY[int(rng.choice(len(TEXT_ONLY), p=weights))]  # noqa: E731
+    seqs = []
+    for _ in range(batch_size):
+        turns = []
+        while len(turns) < n_turns:
+            qa = AUX_ASKERS[types()](None, rng)
+            if qa is not None:
+                turns.append((qa.question, qa.answer))
+        seqs.append(encode_sequence(tokenizer, turns, with_image=False))
     return padded(tokenizer, seqs)
 
 

@@ -153,11 +153,17 @@ def ask_multiple_choice(scene: Scene, rng: np.random.Generator, n_options: int =
     obj = unique[int(rng.integers(len(unique)))]
     shape_count = Counter(s.shape for s in scene.shapes)
     subject = obj.shape if shape_count[obj.shape] == 1 else f"object in {_where(obj)}"
-    others = [c for c in COLORS if c != obj.color]
-    options = [obj.color] + [others[i] for i in rng.choice(len(others), size=n_options - 1, replace=False)]
+    return colour_options_question(subject, obj.color, rng, n_options)
+
+
+def colour_options_question(subject: str, colour: str, rng: np.random.Generator, n_options: int = 4) -> QA:
+    """"what color is the <subject> ? a ) ... b ) ..." with ``colour`` among ``n_options``
+    colours in a random order; the answer is its letter."""
+    others = [c for c in COLORS if c != colour]
+    options = [colour] + [others[i] for i in rng.choice(len(others), size=n_options - 1, replace=False)]
     order = rng.permutation(n_options)
     options = [options[i] for i in order]
-    letter = OPTION_LETTERS[options.index(obj.color)]
+    letter = OPTION_LETTERS[options.index(colour)]
     listed = " ".join(f"{OPTION_LETTERS[i]} ) {opt}" for i, opt in enumerate(options))
     return QA(f"what color is the {subject} ? {listed}", letter, {"options": options})
 

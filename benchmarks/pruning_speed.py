@@ -19,7 +19,8 @@ Prints three sections:
 2. **KV eviction at ``--kv-tokens`` (8k) tokens.**  A text-only prompt of random token ids
    through a tiny LLaVA-1.5's decoder (``--hidden`` x ``--kv-layers``).  For ``snapkv`` and
    ``h2o`` at ``ratio=--kv-ratio`` (with their scoring: SnapKV's observation window, H2O's
-   column sums over every query) against no eviction: the prefill time and its ratio to
+   column sums over every query, which on this SDPA model come out of the prefill's own
+   attention, computed in query chunks: ``methods/layout/fused.py``) against no eviction: the prefill time and its ratio to
    no eviction (goal <= 1.15), the cache entries each layer holds after prefill, the time
    per decoded token with the evicted cache against the full one (median over
    ``--new-tokens`` steps and the repeats) and the analytic decode-FLOP speed-up.

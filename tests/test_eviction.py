@@ -508,3 +508,45 @@ def test_column_sums_equal_the_dense_attention_matrix(causal, chunk):
     if causal:
         logits = logits.masked_fill(torch.ones(37, 37, dtype=torch.bool).triu(1), float("-inf"))
     assert torch.allclose(got.double(), logits.softmax(-1).sum(1), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen"])
+@pytest.mark.parametrize("spec", ["h2o(ratio=0.3,chunk=5)", "h2o(ratio=0.5,per_head=false)", "observed_attention(ratio=0.4,chunk=7)"])
+def test_column_sums_from_the_prefill_attention_keep_the_same_entries_as_recomputing_them(request, family, spec, monkeypatch):
+    """On an SDPA model H2O's column sums come out of the prefill's own attention
+    (``layout.fused``); the entries kept must be those of scoring separately from the
+    queries, in a padded batch, and the logits must stay those of SDPA's attention."""
+    bundle = request.getfixturevalue(family)
+    model, _, adapter = bundle
+    assert adapter.attention_implementation == "sdpa"
+    from vlmcompress.methods.layout import fused
+
+    calls = []
+    real_fn = fused.attention_with_column_sums
+    monkeypatch.setattr(fused, "attention_with_column_sums", lambda *a, **k: (calls.append(a[0].shape), real_fn(*a, **k))[1])
+    out_f, stats_f, layers_f, batch = generate(bundle, spec)
+    assert len(calls) == 2 * len(adapter.decoder_layers)  # every layer's prefill, each of the two rows, and no decode step
+    assert adapter.text_config._attn_implementation == "sdpa"  # switched back after the prefill
+    monkeypatch.setattr(SequenceLayout, "fuse_column_sums", False)
+    out_r, stats_r, layers_r, _ = generate(bundle, spec)
+    assert len(calls) == 2 * len(adapter.decoder_layers)
+    assert layers_f.keys() == layers_r.keys()
+    for l in layers_f:
+        assert torch.equal(layers_f[l], layers_r[l])
+    assert out_f.sequences.tolist() == out_r.sequences.tolist()
+    for a, b in zip(out_f.scores, out_r.scores):
+        assert torch.allclose(a, b, atol=1e-4)
+    assert stats_f == stats_r
+
+
+def test_fused_attention_matches_sdpa_and_recomputed_sums():
+    from vlmcompress.methods.layout.attention import attention_column_sums, attention_with_column_sums
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = torch.randn(4, 23, 8, generator=g), torch.randn(2, 23, 8, generator=g), torch.randn(2, 23, 8, generator=g)
+    out, sums = attention_with_column_sums(q, k, v, 0.35, chunk=6)
+    assert torch.equal(sums, attention_column_sums(q, k, 0.35, chunk=6))
+    ref = torch.nn.functional.scaled_dot_product_attention(q[None], k.repeat_interleave(2, 0)[None], v.repeat_interleave(2, 0)[None], is_causal=True, scale=0.35)[0]
+    assert torch.allclose(out, ref, atol=1e-5)
+    probs = ((q @ k.repeat_interleave(2, 0).transpose(1, 2)) * 0.35).masked_fill(torch.ones(23, 23, dtype=torch.bool).triu(1), float("-inf")).softmax(-1)
+    assert torch.allclose(sums, probs.sum(1), atol=1e-5)

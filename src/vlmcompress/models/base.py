@@ -159,7 +159,9 @@ class ModelAdapter:
 
     @property
     def attention_implementation(self) -> str:
-        return self.text_config._attn_implementation or "eager"
+        impl = self.text_config._attn_implementation or "eager"
+        # during an H2O-style prefill the text model runs SDPA with column sums (methods.layout.fused)
+        return "sdpa" if impl == "vlmcompress_sdpa_column_sums" else impl
 
     def self_attention(self, layer: nn.Module) -> nn.Module:
         """The attention module of one decoder layer."""

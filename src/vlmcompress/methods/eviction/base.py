@@ -47,6 +47,18 @@ class EvictionMethod(LayoutMethod):
             return layout.seq_valid.shape[1]
         return max(self.window(layer, L) for L in layout.real_lengths())
 
+    def select_from_column_sums(self, layer: int, row: int, length: int, keys: torch.Tensor, sums: torch.Tensor, layout: BatchLayout) -> torch.Tensor:
+        """As :meth:`select`, for the methods that rank by whole-prompt column sums
+        (``column_sum_chunk``): ``sums`` ``[H_q, L]`` came out of the prefill's attention."""
+        raise NotImplementedError
+
+    def on_prefill_column_sums(self, layer, layout, attn, sums, keys, values):
+        selections, starts = [], []
+        for (r, L, k_row, _, start), row_sums in zip(row_slices(layout, keys, None), sums, strict=True):
+            selections.append(self.select_from_column_sums(layer, r, L, k_row, row_sums, layout))
+            starts.append(start)
+        return layout_from_rows(selections, starts, keys.device)
+
     def on_prefill_kv(self, layer, layout, attn, q_tail, keys, values):
         selections, starts = [], []
         for r, L, k_row, q_row, start in row_slices(layout, keys, q_tail):

@@ -27,3 +27,9 @@ class H2O(WindowedEviction):
 
     def select(self, layer, row, length, keys, queries, attn, layout):
         return S.h2o_select(queries, keys, attention_scaling(attn), self.budget(layer, length), self.window(layer, length), self.per_head, self.chunk)
+
+    def column_sum_chunk(self, layer, layout):
+        return self.chunk
+
+    def select_from_column_sums(self, layer, row, length, keys, sums, layout):
+        return S.h2o_keep(sums, keys.shape[0], self.budget(layer, length), self.window(layer, length), self.per_head)

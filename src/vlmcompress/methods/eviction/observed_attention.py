@@ -29,3 +29,9 @@ class ObservedAttention(EvictionMethod):
 
     def select(self, layer, row, length, keys, queries, attn, layout):
         return S.observed_attention_select(queries, keys, attention_scaling(attn), self.budget(layer, length), self.chunk)
+
+    def column_sum_chunk(self, layer, layout):
+        return self.chunk
+
+    def select_from_column_sums(self, layer, row, length, keys, sums, layout):
+        return S.observed_attention_keep(sums, keys.shape[0], self.budget(layer, length))

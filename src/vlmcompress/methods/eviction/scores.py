@@ -145,7 +145,12 @@ def snapkv_select(q_win, k, scaling, budget, window, kernel=5, pooling="avg") ->
 
 def h2o_select(q_all, k, scaling, budget, window, per_head=True, chunk=256) -> torch.Tensor:
     """H2O: heavy hitters by accumulated attention over the whole prompt + recent window."""
-    sums = group_mean(attention_column_sums(q_all, k, scaling, chunk), k.shape[0])
+    return h2o_keep(attention_column_sums(q_all, k, scaling, chunk), k.shape[0], budget, window, per_head)
+
+
+def h2o_keep(column_sums: torch.Tensor, n_kv_heads: int, budget: int, window: int, per_head: bool = True) -> torch.Tensor:
+    """H2O's selection from the query heads' column sums ``[H_q, L]``."""
+    sums = group_mean(column_sums, n_kv_heads)
     if not per_head:
         sums = sums.mean(0, keepdim=True).expand_as(sums)
     return top_with_window(sums, budget, window)
@@ -188,10 +193,14 @@ def observed_attention_select(q_all: torch.Tensor, k: torch.Tensor, scaling: flo
     """Observed attention (kvpress's ``ObservedAttentionPress``): the attention a key
     receives summed over every query that sees it, divided by how many do (``L - j``
     for key ``j``), averaged over the query heads of each KV head; no window."""
-    L = k.shape[1]
-    sums = attention_column_sums(q_all, k, scaling, chunk)  # [H_q, L]
-    seen_by = torch.arange(L, 0, -1, device=sums.device, dtype=sums.dtype)
-    return top_with_window(group_mean(sums / seen_by, k.shape[0]), budget, 0)
+    return observed_attention_keep(attention_column_sums(q_all, k, scaling, chunk), k.shape[0], budget)
+
+
+def observed_attention_keep(column_sums: torch.Tensor, n_kv_heads: int, budget: int) -> torch.Tensor:
+    """Observed attention's selection from the query heads' column sums ``[H_q, L]``."""
+    L = column_sums.shape[1]
+    seen_by = torch.arange(L, 0, -1, device=column_sums.device, dtype=column_sums.dtype)
+    return top_with_window(group_mean(column_sums / seen_by, n_kv_heads), budget, 0)
 
 
 # ----------------------------------------------------------------------------- VL-Cache

@@ -44,17 +44,45 @@ def attention_column_sums(q: torch.Tensor, k: torch.Tensor, scaling: float, chun
     ``stop`` only (the later ones would get exactly zero), and only the chunk's own diagonal
     block is masked, in place: about half the work of scoring every chunk against all ``L``
     keys (H2O at 8k tokens spends most of its prefill here)."""
+    return _chunked_attention(q, k, None, scaling, chunk, causal)[1]
+
+
+def attention_with_column_sums(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scaling: float, chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """Causal attention output ``[H_q, L, D_v]`` (float32) and the column sums of
+    :func:`attention_column_sums` from the same probabilities, bit for bit: the prefill's
+    attention and H2O's scoring in one pass (``layout.fused``)."""
+    return _chunked_attention(q, k, v, scaling, chunk, True)
+
+
+def _chunked_attention(q, k, v, scaling: float, chunk: int, causal: bool) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """One query head and ``chunk`` queries at a time, into one reused buffer of
+    ``chunk x L`` floats: on a CPU the blocks of a whole GQA group (``H x chunk x L``) fall
+    out of the caches, and each operator's pass over them costs more than its arithmetic.
+    The normalisation is applied to the column sums (``p^T (1 / z)``, one matrix-vector
+    product) and to the output rows, never to the probabilities themselves."""
     h_q, L, _ = q.shape
-    ke = expand_kv(k, h_q).float().transpose(1, 2)
+    group = h_q // k.shape[0]
+    qs = q.float() * scaling
+    kt = k.float().transpose(1, 2).contiguous()  # [H_kv, D, L]
+    vf = None if v is None else v.float()
+    out = None if v is None else torch.empty(h_q, L, v.shape[-1], dtype=torch.float32, device=q.device)
     total = torch.zeros(h_q, L, dtype=torch.float32, device=q.device)
-    for start in range(0, L, chunk):
-        stop = min(L, start + chunk)
-        keys = ke[:, :, :stop] if causal else ke
-        logits = torch.matmul(q[:, start:stop].float(), keys)
-        logits.mul_(scaling)
-        if causal:
-            rows = torch.arange(start, stop, device=q.device)[:, None]
-            future = torch.arange(start, stop, device=q.device)[None, :] > rows
-            logits[:, :, start:stop].masked_fill_(future, float("-inf"))
-        total[:, : keys.shape[-1]] += logits.softmax(-1).sum(1)
-    return total
+    n_max = min(chunk, L)
+    buf = torch.empty(n_max * L, dtype=torch.float32, device=q.device)
+    future = torch.ones(n_max, n_max, dtype=torch.bool, device=q.device).triu_(1)
+    for h in range(h_q):
+        kv = h // group
+        for start in range(0, L, chunk):
+            stop = min(L, start + chunk)
+            n = stop - start
+            width = stop if causal else L  # causal: the keys after the chunk get exactly zero
+            p = buf[: n * width].view(n, width)
+            torch.mm(qs[h, start:stop], kt[kv, :, :width], out=p)
+            if causal:  # only the chunk's own diagonal block has future keys
+                p[:, start:stop].masked_fill_(future[:n, :n], float("-inf"))
+            p.sub_(p.amax(-1, keepdim=True)).exp_()
+            inv = p.sum(-1).reciprocal_()
+            total[h, :width].addmv_(p.t(), inv)
+            if out is not None:
+                torch.mm(p, vf[kv, :width], out=out[h, start:stop]).mul_(inv[:, None])
+    return out, total

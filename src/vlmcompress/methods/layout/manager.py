@@ -34,6 +34,7 @@ import torch
 from ...errors import ConfigError
 from ...footprint import tell_leading_padding
 from .cache_write import PrefillCacheProxy, write_kept
+from .fused import FUSED_ATTENTION, ColumnSumRequest, request_column_sums
 from .masks import SUPPORTED_ATTENTION, decode_mask, prefill_mask
 from .queries import compute_queries
 from .state import BatchLayout, right_aligned_index
@@ -59,12 +60,27 @@ class Participant:
     def finish_prefill(self, layout: BatchLayout, cache) -> None:
         """After the prefill forward (deferred selections, e.g. VL-Cache)."""
 
+    def column_sum_chunk(self, layer: int, layout: BatchLayout) -> int | None:
+        """Query chunk when this participant ranks ``layer``'s keys by the attention they
+        receive from every prompt query (H2O): on an SDPA model those sums then come out of
+        the prefill's own attention (``.fused``) and :meth:`on_prefill_column_sums` is called
+        instead of :meth:`on_prefill_kv`.  ``None``: not this participant."""
+        return None
+
+    def on_prefill_column_sums(self, layer: int, layout: BatchLayout, attn, sums: list[torch.Tensor], keys, values):
+        """As :meth:`on_prefill_kv`, given each row's column sums ``[H_q, L]`` instead of queries."""
+        raise NotImplementedError
+
 
 _MANAGERS: "weakref.WeakKeyDictionary[torch.nn.Module, SequenceLayout]" = weakref.WeakKeyDictionary()
 
 
 class SequenceLayout:
     """Hooks shared by the token-dropping and cache-evicting methods of one model."""
+
+    # whether an SDPA model's prefill computes column sums inside its attention (``.fused``);
+    # off, the scorer recomputes them from the queries (eager models always do)
+    fuse_column_sums: bool = True
 
     @classmethod
     def acquire(cls, model, adapter, participant: Participant) -> "SequenceLayout":
@@ -92,6 +108,7 @@ class SequenceLayout:
             )
         self.layers = list(adapter.decoder_layers)
         self.kv_heads = adapter.text_kv_heads
+        self.fused_prefill = False  # the text model runs ``FUSED_ATTENTION`` during this prefill
 
     # ------------------------------------------------------------ lifecycle
     def add(self, participant: Participant) -> None:
@@ -101,6 +118,7 @@ class SequenceLayout:
 
     def release(self, participant: Participant) -> None:
         self.participants = [p for p in self.participants if p is not participant]
+        self._unfuse()
         if not self.participants:
             for h in self.handles:
                 h.remove()
@@ -123,11 +141,21 @@ class SequenceLayout:
             self.batch = None  # a forward outside cached generation: leave it alone
         elif cache.get_seq_length() == 0:
             self.batch = BatchLayout.start(input_ids, kwargs.get("attention_mask"), self.adapter.image_token_mask(input_ids))
+            if self.impl == "sdpa" and self.fuse_column_sums and any(p.column_sum_chunk(i, self.batch) is not None for p in self.participants for i in range(len(self.layers))):
+                # the text model's attention function for this prefill only (the mask is SDPA's)
+                self.adapter.text_config._attn_implementation = FUSED_ATTENTION
+                self.fused_prefill = True
         elif self.batch is not None:
             self.batch.prefill = False
         return None
 
+    def _unfuse(self) -> None:
+        if self.fused_prefill:
+            self.adapter.text_config._attn_implementation = self.impl
+            self.fused_prefill = False
+
     def _model_post(self, module, args, kwargs, output):
+        self._unfuse()
         b = self.batch
         if b is not None and b.prefill:
             cache = kwargs.get("past_key_values")
@@ -207,13 +235,16 @@ class SequenceLayout:
             b = self.batch
             if b is None or not b.prefill:
                 return None
-            users = [(p, p.query_tail(idx, b)) for p in self.participants]
+            summers = [(p, c) for p in self.participants if self.fused_prefill and (c := p.column_sum_chunk(idx, b)) is not None]
+            users = [(p, p.query_tail(idx, b)) for p in self.participants if all(p is not s for s, _ in summers)]
             users = [(p, t) for p, t in users if t is not None]
             cache = kwargs.get("past_key_values")
-            if not users or cache is None:
+            if not (users or summers) or cache is None:
                 return None
+            if len(summers) > 1:
+                raise ConfigError("two KV-eviction methods in one setting; stack at most one")
             hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
-            tail = min(hidden.shape[1], max(t for _, t in users))
+            tail = min(hidden.shape[1], max((t for _, t in users), default=0))
             q_tail = None
             if tail > 0:
                 q_tail = compute_queries(module, hidden, kwargs["position_embeddings"], tail, self.adapter.text_rotary(module))
@@ -223,10 +254,19 @@ class SequenceLayout:
                 for p, _ in users:
                     res = p.on_prefill_kv(layer_idx, b, module, q_tail, keys, values)
                     if res is not None:
-                        if chosen is not None:
+                        if chosen is not None or summers:
                             raise ConfigError("two KV-eviction methods in one setting; stack at most one")
                         chosen = res
-                if chosen is None:
+                if summers:
+                    # the write waits for the sums the attention call is about to compute
+                    (summer, chunk), = summers
+
+                    def on_sums(sums):
+                        kept = summer.on_prefill_column_sums(layer_idx, b, module, sums, keys, values)
+                        write_kept(real, b, layer_idx, kept, keys, values, u_args, u_kwargs)
+
+                    request_column_sums(module, ColumnSumRequest(chunk, b.seq_valid.sum(-1).tolist(), on_sums))
+                elif chosen is None:
                     real.update(keys, values, layer_idx, *u_args, **u_kwargs)
                 else:
                     write_kept(real, b, layer_idx, chosen, keys, values, u_args, u_kwargs)

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from ..layout.attention import attention_column_sums, group_mean, window_attention
+from ..ranking import stable_top_k
 
 # ----------------------------------------------------------------------------- budgets
 
@@ -115,7 +116,7 @@ def top_with_window(scores: torch.Tensor, budget: int, window: int) -> torch.Ten
     if n_top == 0:
         return recent.clone()
     prefix = scores[:, : L - window]
-    order = torch.sort(prefix, dim=-1, descending=True, stable=True).indices[:, :n_top]
+    order = stable_top_k(prefix, n_top)
     return torch.cat([order, recent], dim=-1).sort(-1).values
 
 

@@ -11,6 +11,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ..ranking import stable_top_k
 from ..layout.attention import attention_column_sums
 
 
@@ -23,7 +24,7 @@ def visual_budget(n_visual: int, ratio: float) -> int:
 
 def top_indices(scores: torch.Tensor, k: int) -> torch.Tensor:
     """The ``k`` best-scored indices of a 1-D tensor, sorted by position."""
-    return torch.sort(scores, descending=True, stable=True).indices[:k].sort().values
+    return stable_top_k(scores, k).sort().values
 
 
 def received_attention(q: torch.Tensor, k: torch.Tensor, scaling: float, chunk: int = 256, skip: int = 0) -> torch.Tensor:
@@ -214,7 +215,7 @@ def prumerge_merge(features: torch.Tensor, keys: torch.Tensor, attention: torch.
         return features[kept].clone()
     k = F.normalize(keys.float(), dim=-1)
     sim = (k[kept] @ k.T).masked_fill(~candidate, float("-inf"))  # [n, P]
-    idx = torch.sort(sim, dim=-1, descending=True, stable=True).indices[:, :nb]  # [n, nb]
+    idx = stable_top_k(sim, nb)  # [n, nb]
     w = attention.float()[idx][..., None]
     return (features[kept].float() + (features.float()[idx] * w).sum(1)).to(features.dtype)
 

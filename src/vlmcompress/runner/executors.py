@@ -28,14 +28,15 @@ class InProcessExecutor:
     """One :class:`CellWorker` in this process, the jobs one after another in sweep order
     (which already puts every baseline first)."""
 
-    def __init__(self, config: RunConfig, timing_session: str) -> None:
+    def __init__(self, config: RunConfig, timing_session: str, samples: dict[str, list] | None = None) -> None:
         self.config = config
         self.timing_session = timing_session
+        self.samples = samples  # the driver's draw, reused by the worker in this process
 
     def execute(self, jobs: list[CellJob], fill: Fill, finished: Finished, progress: SweepProgress, label: Label) -> None:
         if not jobs:
             return
-        worker = CellWorker(self.config, self.timing_session)
+        worker = CellWorker(self.config, self.timing_session, self.samples)
         try:
             for job in jobs:
                 job = fill(job)
@@ -48,10 +49,11 @@ class InProcessExecutor:
             worker.close()
 
 
-def make_executor(config: RunConfig, timing_session: str) -> Executor:
-    """The executor ``config.executor`` names (Ray is imported only when asked for)."""
+def make_executor(config: RunConfig, timing_session: str, samples: dict[str, list] | None = None) -> Executor:
+    """The executor ``config.executor`` names (Ray is imported only when asked for; its
+    workers draw their own samples in their own processes)."""
     if config.executor == "ray":
         from .ray_executor import RayExecutor
 
         return RayExecutor(config)
-    return InProcessExecutor(config, timing_session)
+    return InProcessExecutor(config, timing_session, samples)

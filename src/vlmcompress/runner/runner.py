@@ -154,7 +154,8 @@ def _sweep(config: RunConfig, settings: list[Setting], store: Store, out_dir: Pa
         # every task's samples before any model loads: a missing dataset copy or a wrong
         # column is found at once (images are decoded when their batch runs)
         tasks = {name: TASKS.get(name).with_run_options(toxicity_model=config.toxicity_model) for name in config.tasks}
-        runnable_of = {name: {s.id for s in task.samples(config.seed, config.limit, config.data_dir) if s.error is None} for name, task in tasks.items()}
+        drawn = {name: task.samples(config.seed, config.limit, config.data_dir) for name, task in tasks.items()}
+        runnable_of = {name: {s.id for s in samples if s.error is None} for name, samples in drawn.items()}
         jobs, skipped = _plan(config, settings, store, runnable_of, retry_failed, progress.message)
         progress.start(total, skipped)
         done = skipped
@@ -204,7 +205,7 @@ def _sweep(config: RunConfig, settings: list[Setting], store: Store, out_dir: Pa
         def label(job: CellJob) -> str:
             return f"{job.model} | {settings[job.setting_index].spec} | {job.task}"
 
-        executor = make_executor(config, new_timing_session())
+        executor = make_executor(config, new_timing_session(), drawn)
         executor.execute(jobs, fill, finished, progress, label)
         return writer.finish(meta)
     except BaseException:

@@ -182,13 +182,15 @@ class CellWorker:
     ``timing_session`` names the process's timing: cells with the same one were timed side
     by side (see the runner's module doc)."""
 
-    def __init__(self, config: RunConfig, timing_session: str | None = None) -> None:
+    def __init__(self, config: RunConfig, timing_session: str | None = None, samples: dict[str, list] | None = None) -> None:
+        """``samples``: each task's samples as the driver drew them (same seed, limit and
+        data), handed over in-process so that they are not drawn twice."""
         self.config = config
         self.settings: list[Setting] = config.validate()
         self.device = resolve_device(config.device)
         self.timing_session = timing_session or new_timing_session()
         self.tasks = {name: TASKS.get(name).with_run_options(toxicity_model=config.toxicity_model) for name in config.tasks}
-        self._samples: dict[str, Any] = {}
+        self._samples: dict[str, Any] = dict(samples or {})
         self._model_name: str | None = None
         self._loaded: LoadedModel | None = None
         self._pristine = False

@@ -28,7 +28,10 @@ prefill), median of repeats interleaved across settings after one warm-up each:
   ``L x L`` matrix of every head materialised), timed against SDPA with no press (what a user
   switching it on pays) and against eager with no press.
 
-Our side (``pruning_speed.py``, section 2, same shape): SnapKV 1.01-1.04x, H2O 1.20-1.21x
+Then ``--new-tokens`` greedy decode steps on the cache the prefill left (compressed or
+not), timed one by one: the decode speed-up against no press with the same attention.
+
+Our side (``pruning_speed.py``, section 2, same shape): SnapKV 1.01-1.07x, H2O 1.19-1.21x
 (column sums fused into the prefill's attention).
 """
 
@@ -60,6 +63,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=8192)
     ap.add_argument("--ratio", type=float, default=0.1, help="share of the KV entries kept")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--new-tokens", type=int, default=16, help="decode steps timed after each prefill")
     args = ap.parse_args()
     import kvpress
     import transformers
@@ -76,18 +80,29 @@ def main() -> None:
         f"ObservedAttentionPress({compression:.1f}) (eager)": (eager, ObservedAttentionPress(compression_ratio=compression)),
     }
 
-    def once(model, press) -> tuple[float, int]:
+    decode_ms: dict[str, list[float]] = {name: [] for name in settings}
+
+    def once(model, press, name: str | None = None) -> tuple[float, int]:
         cache = DynamicCache()
         with torch.inference_mode():
             if press is None:
                 t = time.perf_counter()
-                model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+                out = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
             else:
                 with press(model):
                     t = time.perf_counter()
-                    model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+                    out = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
             took = time.perf_counter() - t
-        return took, cache.get_seq_length(0)
+            kept = cache.get_seq_length(0)
+            if name is not None:  # greedy decode steps on the (compressed) cache, positions continuing the prompt
+                token = out.logits[:, -1:].argmax(-1)
+                for step in range(args.new_tokens):
+                    pos = torch.tensor([[args.tokens + step]])
+                    t = time.perf_counter()
+                    out = model(input_ids=token, past_key_values=cache, use_cache=True, position_ids=pos)
+                    decode_ms[name].append((time.perf_counter() - t) * 1e3)
+                    token = out.logits[:, -1:].argmax(-1)
+        return took, kept
 
     kept = {}
     for name, (model, press) in settings.items():  # warm-up
@@ -95,7 +110,7 @@ def main() -> None:
     times: dict[str, list[float]] = {name: [] for name in settings}
     for _ in range(args.repeats):
         for name, (model, press) in settings.items():
-            times[name].append(once(model, press)[0])
+            times[name].append(once(model, press, name)[0])
     base = statistics.median(times["none (sdpa)"])
     base_eager = statistics.median(times["none (eager)"])
     print(
@@ -103,11 +118,14 @@ def main() -> None:
         f"{torch.get_num_threads()} threads, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}"
     )
     print(f"random Llama decoder hidden {args.hidden} x {args.layers} layers ({args.hidden // 64} heads, 2 KV heads), {args.tokens} tokens, batch 1, keep {args.ratio:.0%}; median of {args.repeats}")
-    print(f"{'setting':<42}{'prefill s':>10}{'vs none sdpa':>14}{'vs none eager':>15}{'KV kept':>9}")
+    print(f"{'setting':<42}{'prefill s':>10}{'vs none sdpa':>14}{'vs none eager':>15}{'KV kept':>9}{'decode ms/tok':>15}{'speed-up':>10}")
     for name in settings:
         t = statistics.median(times[name])
         vs_eager = f"{t / base_eager:>15.2f}" if "eager" in name else f"{'':>15}"
-        print(f"{name:<42}{t:>10.2f}{t / base:>14.2f}{vs_eager}{kept[name]:>9d}")
+        d = statistics.median(decode_ms[name])
+        d_base = statistics.median(decode_ms["none (eager)" if "eager" in name else "none (sdpa)"])
+        print(f"{name:<42}{t:>10.2f}{t / base:>14.2f}{vs_eager}{kept[name]:>9d}{d:>15.2f}{d_base / d:>10.2f}")
+    print("decode ms/tok: median of every step of every repeat; speed-up against no press with the same attention")
     print("prefill s, min-max over repeats: " + ", ".join(f"{n.split(' ')[0]} {min(v):.2f}-{max(v):.2f}" for n, v in times.items()))
 
 

@@ -550,3 +550,19 @@ def test_fused_attention_matches_sdpa_and_recomputed_sums():
     assert torch.allclose(out, ref, atol=1e-5)
     probs = ((q @ k.repeat_interleave(2, 0).transpose(1, 2)) * 0.35).masked_fill(torch.ones(23, 23, dtype=torch.bool).triu(1), float("-inf")).softmax(-1)
     assert torch.allclose(sums, probs.sum(1), atol=1e-5)
+
+
+def test_attention_the_fused_function_does_not_compute_keeps_the_recomputed_scores(llava, monkeypatch):
+    """A sliding window (or soft-capping) is not what the fused function computes: such a
+    model scores from the queries, as an eager model does."""
+    from vlmcompress.methods.layout import fused
+
+    calls = []
+    real_fn = fused.attention_with_column_sums
+    monkeypatch.setattr(fused, "attention_with_column_sums", lambda *a, **k: (calls.append(1), real_fn(*a, **k))[1])
+    _, _, fused_layers, _ = generate(llava, "h2o(ratio=0.3)")
+    assert calls
+    calls.clear()
+    monkeypatch.setattr(llava[2].text_config, "use_sliding_window", True, raising=False)
+    _, _, layers, _ = generate(llava, "h2o(ratio=0.3)")
+    assert not calls and all(torch.equal(layers[l], fused_layers[l]) for l in layers)

@@ -141,13 +141,23 @@ class SequenceLayout:
             self.batch = None  # a forward outside cached generation: leave it alone
         elif cache.get_seq_length() == 0:
             self.batch = BatchLayout.start(input_ids, kwargs.get("attention_mask"), self.adapter.image_token_mask(input_ids))
-            if self.impl == "sdpa" and self.fuse_column_sums and any(p.column_sum_chunk(i, self.batch) is not None for p in self.participants for i in range(len(self.layers))):
+            if self._fusable() and any(p.column_sum_chunk(i, self.batch) is not None for p in self.participants for i in range(len(self.layers))):
                 # the text model's attention function for this prefill only (the mask is SDPA's)
                 self.adapter.text_config._attn_implementation = FUSED_ATTENTION
                 self.fused_prefill = True
         elif self.batch is not None:
             self.batch.prefill = False
         return None
+
+    def _fusable(self) -> bool:
+        """SDPA over plain causal attention in every layer: the fused function computes that
+        and nothing else (no sliding window, no soft-capping)."""
+        cfg = self.adapter.text_config
+        layer_types = getattr(cfg, "layer_types", None) or ()
+        return (
+            self.fuse_column_sums and self.impl == "sdpa" and not getattr(cfg, "use_sliding_window", False)
+            and all(t == "full_attention" for t in layer_types) and getattr(cfg, "attn_logit_softcapping", None) is None
+        )
 
     def _unfuse(self) -> None:
         if self.fused_prefill:

@@ -74,7 +74,7 @@ FLOORS = {
     "synth_spatial": 0.4,
     "synth_ocr": 0.9,
     "synth_exists": 0.75,
-    "synth_multiple_choice": 0.35,
+    "synth_multiple_choice": 0.55,
     "synth_counterfactual": 0.65,
 }
 

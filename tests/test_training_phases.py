@@ -262,3 +262,21 @@ def test_text_batches_without_a_mix_draw_the_lookup_as_before():
 
     seqs = [training.encode_sequence(tok, [(qa.question, qa.answer) for qa in (ask_pick_option(None, rng) for _ in range(3))], with_image=False) for _ in range(4)]
     assert torch.equal(a["input_ids"], training.padded(tok, seqs)["input_ids"])
+
+
+def test_an_object_against_a_written_cell_answers_from_the_object_position():
+    rng = np.random.default_rng(8)
+    answers = {"yes": 0, "no": 0}
+    for _ in range(300):
+        scene = random_scene(rng, "train")
+        qa = ADDRESS_CURRICULUM["object_vs_cell"](scene, rng)
+        if qa is None:
+            continue
+        q = qa.question.split()  # "is the <colour> <shape> <relation...> row R column C ?"
+        (obj,) = [s for s in scene.shapes if s.name == f"{q[2]} {q[3]}"]
+        r, c = int(q[-4]) - 1, int(q[-2]) - 1
+        relation = " ".join(q[4:-5])
+        truth = {"left of": obj.col < c, "right of": obj.col > c, "above": obj.row < r, "below": obj.row > r}[relation]
+        assert qa.answer == ("yes" if truth else "no")
+        answers[qa.answer] += 1
+    assert min(answers.values()) > 0.4 * sum(answers.values())  # balanced

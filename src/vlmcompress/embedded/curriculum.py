@@ -100,12 +100,33 @@ def ask_choice_at(scene: Scene, rng: np.random.Generator) -> QA | None:
     return colour_options_question(f"object in row {obj.row + 1} column {obj.col + 1}", obj.color, rng)
 
 
-# Used only by the ``address`` phase (``embedded.phases``): reading an object by its cell.
+def ask_object_vs_cell(scene: Scene, rng: np.random.Generator) -> QA | None:
+    """Spatial relation between a uniquely named object and a written cell, yes or no
+    (balanced): one lookup and one comparison, the step between ``compare`` (two written
+    cells) and the suite's spatial question (two objects)."""
+    names = Counter(s.name for s in scene.shapes)
+    unique = [s for s in scene.shapes if names[s.name] == 1]
+    if not unique:
+        return None
+    obj = unique[int(rng.integers(len(unique)))]
+    r, c = (int(v) for v in rng.integers(GRID, size=2))
+    truth = {"left of": obj.col < c, "right of": obj.col > c, "above": obj.row < r, "below": obj.row > r}
+    wanted = bool(rng.random() < 0.5)
+    pool = [rel for rel in RELATIONS if truth[rel] == wanted]
+    if not pool:
+        return None
+    relation = pool[int(rng.integers(len(pool)))]
+    return QA(f"is the {obj.name} {relation} row {r + 1} column {c + 1} ?", "yes" if wanted else "no", {"relation": relation})
+
+
+# Used only by the ``address`` and ``spatial`` phases (``embedded.phases``): reading an object
+# by its cell, and placing a named object against a written cell.
 # Appended after the option curriculum so that earlier phases' draws are unchanged (new
 # types weigh 0 there, and zero weights at the end of ``rng.choice``'s table change nothing).
 ADDRESS_CURRICULUM: dict[str, Callable[[Scene, np.random.Generator], QA | None]] = {
     "color_at": ask_color_at,
     "choice_at": ask_choice_at,
+    "object_vs_cell": ask_object_vs_cell,
 }
 
 # Questions that need no image: phases may train them in short text-only batches.

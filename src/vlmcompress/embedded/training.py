@@ -289,15 +289,14 @@ def text_lookup_batch(
     "what is red ? a ) blue b ) red ..." -> "b", the comparison of two written cells): short
     and cheap.  ``weights`` over ``TEXT_ONLY``; None is the option lookup alone, drawn
     without a type draw, as the ``lookup_text`` phase did."""
-    if weights is None:
-        types = lambda: "pick_option"  # noqa: E731
-    else:
-        types = lambda: TEXT_ONLY[int(rng.choice(len(TEXT_ONLY), p=weights))]  # noqa: E731
+    def next_type() -> str:
+        return "pick_option" if weights is None else TEXT_ONLY[int(rng.choice(len(TEXT_ONLY), p=weights))]
+
     seqs = []
     for _ in range(batch_size):
         turns = []
         while len(turns) < n_turns:
-            qa = AUX_ASKERS[types()](None, rng)
+            qa = AUX_ASKERS[next_type()](None, rng)
             if qa is not None:
                 turns.append((qa.question, qa.answer))
         seqs.append(encode_sequence(tokenizer, turns, with_image=False))

@@ -171,7 +171,10 @@ PHASES: tuple[Phase, ...] = (
             "objects are not compared at all, while the text-only comparison of two written cells is "
             "1.0 and 'what column is the red circle in' 0.67.  The step between them is trained: a "
             "named object against a written cell ('is the red circle left of row 2 column 3 ?'), one "
-            "lookup and one comparison, with spatial and locate weighted up."
+            "lookup and one comparison, with spatial and locate weighted up.  Outcome (shipped; greedy, 200 "
+            "per task, seeds 2024 / 7777 / 31337): overall 0.838 / 0.845 / - -> 0.854 / 0.856 / 0.846, spatial "
+            "0.630 / 0.610 -> 0.645 / 0.600 / 0.695; left of / right of (seed 4321) 0.37 / 0.42 -> 0.52 / 0.55: "
+            "no longer inverted, still at chance."
         ),
         mix=((0.0, "attribute=1,count=0.3,spatial=4,ocr=0.1,exists=0.5,multiple_choice=1.5,locate=2,compare=0.25,pick_option=0.25,color_at=1,choice_at=1,object_vs_cell=3"),),
     ),
@@ -181,7 +184,7 @@ PHASE_NAMES = tuple(p.name for p in PHASES)
 EVAL_EXTRA_TYPES = ("pick_option", "locate", "compare", "color_at", "choice_at", "object_vs_cell")
 # The continuation phases the shipped weights went through, in order (the shipped recipe.json
 # lists them under "phases"); the others above were tried and are kept with their evidence.
-RECIPE: tuple[str, ...] = ("lookup_text", "address")
+RECIPE: tuple[str, ...] = ("lookup_text", "address", "spatial")
 
 
 def phase_named(name: str) -> Phase:

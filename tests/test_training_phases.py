@@ -280,3 +280,20 @@ def test_an_object_against_a_written_cell_answers_from_the_object_position():
         assert qa.answer == ("yes" if truth else "no")
         answers[qa.answer] += 1
     assert min(answers.values()) > 0.4 * sum(answers.values())  # balanced
+
+
+def test_left_right_questions_compare_the_columns_of_two_named_objects():
+    rng = np.random.default_rng(12)
+    answers = {"yes": 0, "no": 0}
+    for _ in range(300):
+        scene = random_scene(rng, "train")
+        qa = ADDRESS_CURRICULUM["left_right"](scene, rng)
+        if qa is None:
+            continue
+        q = qa.question.split()  # "is the <colour> <shape> left|right of the <colour> <shape> ?"
+        (a,) = [s for s in scene.shapes if s.name == f"{q[2]} {q[3]}"]
+        (b,) = [s for s in scene.shapes if s.name == f"{q[7]} {q[8]}"]
+        truth = a.col < b.col if q[4] == "left" else a.col > b.col
+        assert q[4] in ("left", "right") and a.col != b.col and qa.answer == ("yes" if truth else "no")
+        answers[qa.answer] += 1
+    assert min(answers.values()) > 0.35 * sum(answers.values())

@@ -119,6 +119,21 @@ def ask_object_vs_cell(scene: Scene, rng: np.random.Generator) -> QA | None:
     return QA(f"is the {obj.name} {relation} row {r + 1} column {c + 1} ?", "yes" if wanted else "no", {"relation": relation})
 
 
+def ask_left_right(scene: Scene, rng: np.random.Generator) -> QA | None:
+    """The suite's spatial question on columns only ("is the red circle left of the blue
+    square ?"), yes or no (balanced): the half of spatial still at chance after the spatial
+    phase, while rows were answered 0.75."""
+    names = Counter(s.name for s in scene.shapes)
+    unique = [s for s in scene.shapes if names[s.name] == 1]
+    pairs = [(a, b) for a in unique for b in unique if a.col != b.col]
+    if not pairs:
+        return None
+    a, b = pairs[int(rng.integers(len(pairs)))]
+    relation = ("left of", "right of")[int(rng.integers(2))]
+    truth = a.col < b.col if relation == "left of" else a.col > b.col
+    return QA(f"is the {a.name} {relation} the {b.name} ?", "yes" if truth else "no", {"relation": relation})
+
+
 # Used only by the ``address`` and ``spatial`` phases (``embedded.phases``): reading an object
 # by its cell, and placing a named object against a written cell.
 # Appended after the option curriculum so that earlier phases' draws are unchanged (new
@@ -127,6 +142,7 @@ ADDRESS_CURRICULUM: dict[str, Callable[[Scene, np.random.Generator], QA | None]]
     "color_at": ask_color_at,
     "choice_at": ask_choice_at,
     "object_vs_cell": ask_object_vs_cell,
+    "left_right": ask_left_right,
 }
 
 # Questions that need no image: phases may train them in short text-only batches.

@@ -178,10 +178,26 @@ PHASES: tuple[Phase, ...] = (
         ),
         mix=((0.0, "attribute=1,count=0.3,spatial=4,ocr=0.1,exists=0.5,multiple_choice=1.5,locate=2,compare=0.25,pick_option=0.25,color_at=1,choice_at=1,object_vs_cell=3"),),
     ),
+    Phase(
+        name="columns",
+        steps=3000,
+        lr=6e-4,
+        turns_per_image=8,
+        text_lookup=((0.0, 0.1),),
+        text_mix="pick_option=1,compare=2",
+        why=(
+            "After spatial (greedy, held-out, seed 4321): above / below about 0.75, left of / right of "
+            "0.52 / 0.55, at chance, while 'is the red circle left of row 2 column 3' (one lookup, one "
+            "comparison) reached 0.86 teacher-forced.  Two-object column comparisons themselves "
+            "(left_right: the suite's question on columns only, balanced) get the largest share, "
+            "with the object-against-cell step and locate kept."
+        ),
+        mix=((0.0, "attribute=1,count=0.3,spatial=2,ocr=0.1,exists=0.5,multiple_choice=1.5,locate=1.5,compare=0.25,pick_option=0.25,color_at=1,choice_at=1,object_vs_cell=2,left_right=4"),),
+    ),
 )
 PHASE_NAMES = tuple(p.name for p in PHASES)
 # training-only skills whose teacher-forced accuracy every phase's evaluation logs too
-EVAL_EXTRA_TYPES = ("pick_option", "locate", "compare", "color_at", "choice_at", "object_vs_cell")
+EVAL_EXTRA_TYPES = ("pick_option", "locate", "compare", "color_at", "choice_at", "object_vs_cell", "left_right")
 # The continuation phases the shipped weights went through, in order (the shipped recipe.json
 # lists them under "phases"); the others above were tried and are kept with their evidence.
 RECIPE: tuple[str, ...] = ("lookup_text", "address", "spatial")

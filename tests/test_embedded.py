@@ -71,7 +71,7 @@ def test_default_run_uses_the_embedded_model(tmp_path):
 FLOORS = {
     "synth_attribute": 0.6,
     "synth_count": 0.7,
-    "synth_spatial": 0.4,
+    "synth_spatial": 0.65,
     "synth_ocr": 0.9,
     "synth_exists": 0.75,
     "synth_multiple_choice": 0.55,

@@ -190,7 +190,9 @@ PHASES: tuple[Phase, ...] = (
             "0.52 / 0.55, at chance, while 'is the red circle left of row 2 column 3' (one lookup, one "
             "comparison) reached 0.86 teacher-forced.  Two-object column comparisons themselves "
             "(left_right: the suite's question on columns only, balanced) get the largest share, "
-            "with the object-against-cell step and locate kept."
+            "with the object-against-cell step and locate kept.  Outcome (shipped; greedy, 200 per task, seeds "
+            "2024 / 7777 / 31337): overall 0.854 / 0.856 / 0.846 -> 0.916 / 0.909 / 0.888, spatial 0.645 / "
+            "0.600 / 0.695 -> 0.825 / 0.775 / 0.800, multiple choice -> 0.930 / 0.905 / 0.930."
         ),
         mix=((0.0, "attribute=1,count=0.3,spatial=2,ocr=0.1,exists=0.5,multiple_choice=1.5,locate=1.5,compare=0.25,pick_option=0.25,color_at=1,choice_at=1,object_vs_cell=2,left_right=4"),),
     ),
@@ -200,7 +202,7 @@ PHASE_NAMES = tuple(p.name for p in PHASES)
 EVAL_EXTRA_TYPES = ("pick_option", "locate", "compare", "color_at", "choice_at", "object_vs_cell", "left_right")
 # The continuation phases the shipped weights went through, in order (the shipped recipe.json
 # lists them under "phases"); the others above were tried and are kept with their evidence.
-RECIPE: tuple[str, ...] = ("lookup_text", "address", "spatial")
+RECIPE: tuple[str, ...] = ("lookup_text", "address", "spatial", "columns")
 
 
 def phase_named(name: str) -> Phase:

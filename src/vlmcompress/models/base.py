@@ -159,9 +159,11 @@ class ModelAdapter:
 
     @property
     def attention_implementation(self) -> str:
+        from ..methods.layout.fused import FUSED_ATTENTION  # here: methods import the model adapters' package
+
         impl = self.text_config._attn_implementation or "eager"
-        # during an H2O-style prefill the text model runs SDPA with column sums (methods.layout.fused)
-        return "sdpa" if impl == "vlmcompress_sdpa_column_sums" else impl
+        # during an H2O-style prefill the text model runs SDPA with column sums
+        return "sdpa" if impl == FUSED_ATTENTION else impl
 
     def self_attention(self, layer: nn.Module) -> nn.Module:
         """The attention module of one decoder layer."""
